@@ -1,0 +1,533 @@
+//! Control messages and their validation.
+//!
+//! The handshake, subscriber (S) to publisher (P):
+//! 1. S → P `Hello`: topic, message schema, transport kind, client nonce.
+//! 2. P → S `Challenge`: server nonce, the publisher's proof of the key, its slot size.
+//!    (or `Reject`: unknown topic, schema mismatch, transport not offered, version mismatch)
+//! 3. S → P `Auth`: the subscriber's proof, its ring geometry and ring endpoint.
+//!    Nothing the subscriber names is touched before this proof checks out.
+//! 4. P → S `Welcome`: subscriber id, heartbeat interval, next sequence, credit endpoint.
+//!    (or `Reject`: wrong key, bad geometry, bad endpoint)
+//!
+//! Then either side sends `Heartbeat`s, and `Goodbye` before an orderly close.
+
+use crate::auth::{Nonce, Proof};
+use crate::frame::{self, FrameError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+use crate::geometry::{GeometryError, RingGeometry};
+use rkyv::{rancor, util::AlignedVec, Archive, Deserialize, Serialize};
+
+/// Longest topic name.
+pub const MAX_TOPIC_LEN: usize = 64;
+/// Longest schema (type name) string.
+pub const MAX_SCHEMA_LEN: usize = 256;
+/// Longest free-text field (names, reasons).
+pub const MAX_TEXT_LEN: usize = 512;
+/// Longest shared-memory path.
+pub const MAX_PATH_LEN: usize = 255;
+/// File-name prefix every shared-memory file of the bus carries.
+pub const SHM_PREFIX: &str = "rdmabus-";
+
+/// The transports a subscriber can ask for.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum TransportKind {
+    /// Shared memory on one machine.
+    Shm,
+    /// RDMA verbs (RoCE, InfiniBand, Soft-RoCE).
+    Verbs,
+}
+
+/// Queue-pair and memory attributes one side of a verbs connection announces.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct VerbsEndpoint {
+    /// Queue pair number.
+    pub qpn: u32,
+    /// Initial packet sequence number.
+    pub psn: u32,
+    /// Port GID (RoCEv2: IPv4-mapped or IPv6 address).
+    pub gid: [u8; 16],
+    /// Port LID (InfiniBand; 0 on RoCE).
+    pub lid: u16,
+    /// Path MTU in bytes.
+    pub mtu: u32,
+    /// Address of the remotely writable memory (ring or credit word).
+    pub addr: u64,
+    /// Remote key of that memory.
+    pub rkey: u32,
+    /// Length of that memory in bytes.
+    pub len: u64,
+}
+
+/// Where the subscriber's ring lives.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum SubEndpoint {
+    /// Files under the shared-memory directory holding the ring and the completion queue.
+    Shm { ring_path: String, cq_path: String },
+    /// A verbs queue pair and the registered ring.
+    Verbs(VerbsEndpoint),
+}
+
+/// Where the publisher's credit word for this subscriber lives.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum PubEndpoint {
+    /// A file under the shared-memory directory, and the byte offset of the credit word.
+    Shm { credit_path: String, offset: u64 },
+    /// A verbs queue pair and the registered credit word.
+    Verbs(VerbsEndpoint),
+}
+
+/// Subscriber's opening message.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Hello {
+    /// Topic asked for.
+    pub topic: String,
+    /// Message schema the subscriber reads (the Rust type name).
+    pub schema: String,
+    /// Transport asked for.
+    pub transport: TransportKind,
+    /// Fresh random nonce.
+    pub client_nonce: Nonce,
+    /// Free-form name for logs and stats.
+    pub client_name: String,
+}
+
+/// Publisher's answer to `Hello`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Challenge {
+    /// Fresh random nonce.
+    pub server_nonce: Nonce,
+    /// Publisher's proof of the key.
+    pub proof: Proof,
+    /// Smallest slot size the subscriber's ring may have (the publisher's slot size).
+    pub slot_size: u32,
+}
+
+/// Ring geometry as it travels.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RingDescriptor {
+    /// Number of slots (power of two).
+    pub slots: u32,
+    /// Bytes per slot, header included.
+    pub slot_size: u32,
+}
+
+/// Subscriber's proof and ring.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Auth {
+    /// Subscriber's proof of the key.
+    pub proof: Proof,
+    /// Geometry of the subscriber's ring.
+    pub ring: RingDescriptor,
+    /// Where the ring lives.
+    pub endpoint: SubEndpoint,
+}
+
+/// The publisher accepted the subscriber.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Welcome {
+    /// Identifier the publisher gave this subscriber.
+    pub subscriber_id: u32,
+    /// Heartbeat interval both sides keep.
+    pub heartbeat_ms: u32,
+    /// Sequence the publisher will publish next.
+    pub next_seq: u64,
+    /// Where to write credit.
+    pub endpoint: PubEndpoint,
+}
+
+/// Why a handshake was refused.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum RejectCode {
+    /// Peer speaks another protocol version.
+    VersionMismatch,
+    /// No such topic on this publisher.
+    UnknownTopic,
+    /// The topic carries another message type.
+    SchemaMismatch,
+    /// Ring geometry out of bounds.
+    BadGeometry,
+    /// Wrong pre-shared key.
+    AuthFailed,
+    /// A message that does not belong at this point, or does not decode.
+    BadMessage,
+    /// The transport asked for is not offered.
+    TransportUnsupported,
+    /// The endpoint named could not be used.
+    BadEndpoint,
+    /// The publisher cannot take more subscribers now.
+    Unavailable,
+}
+
+/// A refusal, with a human-readable reason.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Reject {
+    /// Machine-readable reason.
+    pub code: RejectCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl Reject {
+    /// A refusal with `code` and `message`.
+    pub fn new(code: RejectCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        truncate(&mut message, MAX_TEXT_LEN);
+        Self { code, message }
+    }
+}
+
+/// Liveness signal.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Heartbeat {
+    /// Sender's clock, ns since the Unix epoch.
+    pub sent_ns: u64,
+}
+
+/// Why a side is leaving.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum GoodbyeReason {
+    /// Orderly shutdown of the sender.
+    Shutdown,
+    /// The publisher cut a subscriber that did not keep up (policy `Disconnect`).
+    SlowConsumer,
+    /// The sender hit an error on this link.
+    Error,
+}
+
+/// Orderly close.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Goodbye {
+    /// Why.
+    pub reason: GoodbyeReason,
+    /// Details.
+    pub message: String,
+}
+
+/// Every control message.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ControlMsg {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Challenge`].
+    Challenge(Challenge),
+    /// See [`Auth`].
+    Auth(Auth),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Reject`].
+    Reject(Reject),
+    /// See [`Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`Goodbye`].
+    Goodbye(Goodbye),
+}
+
+impl ControlMsg {
+    /// Short name of the message kind, for errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Challenge(_) => "Challenge",
+            Self::Auth(_) => "Auth",
+            Self::Welcome(_) => "Welcome",
+            Self::Reject(_) => "Reject",
+            Self::Heartbeat(_) => "Heartbeat",
+            Self::Goodbye(_) => "Goodbye",
+        }
+    }
+
+    /// Encodes a whole frame (header and payload) in this build's protocol version.
+    pub fn encode(&self) -> Vec<u8> {
+        self.encode_with_version(frame::PROTOCOL_VERSION)
+    }
+
+    /// Encodes a whole frame claiming `version` (for answering, or testing, other versions).
+    pub fn encode_with_version(&self, version: u16) -> Vec<u8> {
+        let payload =
+            rkyv::to_bytes::<rancor::Error>(self).expect("control messages always serialize");
+        assert!(
+            payload.len() <= MAX_FRAME_LEN as usize,
+            "control message larger than a frame"
+        );
+        let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+        out.extend_from_slice(&frame::encode_header_with_version(
+            payload.len() as u32,
+            version,
+        ));
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Validates and decodes a frame payload, then checks every field's bounds.
+    pub fn decode(payload: &[u8]) -> Result<Self, FrameError> {
+        let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        let msg = rkyv::from_bytes::<Self, rancor::Error>(&aligned)
+            .map_err(|e| FrameError::Invalid(e.to_string()))?;
+        msg.check_bounds().map_err(FrameError::Invalid)?;
+        Ok(msg)
+    }
+
+    fn check_bounds(&self) -> Result<(), String> {
+        let text = |name: &str, s: &str, max: usize| {
+            if s.len() > max {
+                Err(format!("{name} is {} bytes, the limit is {max}", s.len()))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Self::Hello(h) => {
+                check_topic(&h.topic)?;
+                text("schema", &h.schema, MAX_SCHEMA_LEN)?;
+                text("client name", &h.client_name, MAX_TEXT_LEN)
+            }
+            Self::Auth(a) => match &a.endpoint {
+                SubEndpoint::Shm { ring_path, cq_path } => {
+                    text("ring path", ring_path, MAX_PATH_LEN)?;
+                    text("completion queue path", cq_path, MAX_PATH_LEN)
+                }
+                SubEndpoint::Verbs(_) => Ok(()),
+            },
+            Self::Welcome(w) => match &w.endpoint {
+                PubEndpoint::Shm { credit_path, .. } => {
+                    text("credit path", credit_path, MAX_PATH_LEN)
+                }
+                PubEndpoint::Verbs(_) => Ok(()),
+            },
+            Self::Reject(r) => text("reject message", &r.message, MAX_TEXT_LEN),
+            Self::Goodbye(g) => text("goodbye message", &g.message, MAX_TEXT_LEN),
+            Self::Challenge(_) | Self::Heartbeat(_) => Ok(()),
+        }
+    }
+}
+
+/// Checks a topic name: 1 to 64 bytes of `A-Z a-z 0-9 . _ -`.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+        return Err(format!(
+            "topic name must be 1 to {MAX_TOPIC_LEN} bytes, got {}",
+            topic.len()
+        ));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {topic:?} has character {c:?}; use A-Z a-z 0-9 . _ -"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a shared-memory path named by a peer: a plain `rdmabus-*` file directly in `dir`.
+pub fn check_shm_path(path: &str, dir: &str) -> Result<(), String> {
+    let name = path
+        .strip_prefix(dir)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or_else(|| format!("shared-memory path {path:?} is not in {dir}"))?;
+    let ok_name = name.starts_with(SHM_PREFIX)
+        && name.len() > SHM_PREFIX.len()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.contains("..");
+    if !ok_name || path.len() > MAX_PATH_LEN {
+        return Err(format!(
+            "shared-memory path {path:?} is not an {SHM_PREFIX}* file name"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the geometry a subscriber announced against the publisher's slot size.
+pub fn check_ring(ring: &RingDescriptor, min_slot_size: u32) -> Result<RingGeometry, Reject> {
+    let g = RingGeometry::new(ring.slots, ring.slot_size)
+        .map_err(|e: GeometryError| Reject::new(RejectCode::BadGeometry, e.to_string()))?;
+    if g.slot_size() < min_slot_size {
+        return Err(Reject::new(
+            RejectCode::BadGeometry,
+            format!(
+                "slot size {} is smaller than the publisher's slot size {min_slot_size}",
+                g.slot_size()
+            ),
+        ));
+    }
+    Ok(g)
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::decode_header;
+    use proptest::prelude::*;
+
+    fn hello() -> ControlMsg {
+        ControlMsg::Hello(Hello {
+            topic: "md.quotes".into(),
+            schema: "rdmabus_proto::market::Quote".into(),
+            transport: TransportKind::Shm,
+            client_nonce: [7; 32],
+            client_name: "test".into(),
+        })
+    }
+
+    fn roundtrip(msg: &ControlMsg) -> ControlMsg {
+        let bytes = msg.encode();
+        let h = decode_header(bytes[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(h.len as usize, bytes.len() - FRAME_HEADER_LEN);
+        ControlMsg::decode(&bytes[FRAME_HEADER_LEN..]).unwrap()
+    }
+
+    #[test]
+    fn every_message_roundtrips() {
+        let verbs = VerbsEndpoint {
+            qpn: 1,
+            psn: 2,
+            gid: [3; 16],
+            lid: 0,
+            mtu: 1024,
+            addr: 5,
+            rkey: 6,
+            len: 7,
+        };
+        let msgs = [
+            hello(),
+            ControlMsg::Challenge(Challenge {
+                server_nonce: [1; 32],
+                proof: [2; 32],
+                slot_size: 128,
+            }),
+            ControlMsg::Auth(Auth {
+                proof: [3; 32],
+                ring: RingDescriptor {
+                    slots: 64,
+                    slot_size: 128,
+                },
+                endpoint: SubEndpoint::Shm {
+                    ring_path: "/dev/shm/rdmabus-r".into(),
+                    cq_path: "/dev/shm/rdmabus-c".into(),
+                },
+            }),
+            ControlMsg::Auth(Auth {
+                proof: [3; 32],
+                ring: RingDescriptor {
+                    slots: 64,
+                    slot_size: 128,
+                },
+                endpoint: SubEndpoint::Verbs(verbs),
+            }),
+            ControlMsg::Welcome(Welcome {
+                subscriber_id: 9,
+                heartbeat_ms: 100,
+                next_seq: u64::MAX,
+                endpoint: PubEndpoint::Shm {
+                    credit_path: "/dev/shm/rdmabus-x".into(),
+                    offset: 64,
+                },
+            }),
+            ControlMsg::Reject(Reject::new(RejectCode::AuthFailed, "nope")),
+            ControlMsg::Heartbeat(Heartbeat { sent_ns: 1 }),
+            ControlMsg::Goodbye(Goodbye {
+                reason: GoodbyeReason::SlowConsumer,
+                message: "slow".into(),
+            }),
+        ];
+        for m in &msgs {
+            assert_eq!(&roundtrip(m), m);
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_fields_are_refused() {
+        let mut m = hello();
+        if let ControlMsg::Hello(h) = &mut m {
+            h.topic = "bad topic!".into();
+        }
+        let bytes = m.encode();
+        let err = ControlMsg::decode(&bytes[FRAME_HEADER_LEN..]).unwrap_err();
+        assert!(err.to_string().contains("topic name"), "{err}");
+        assert!(check_topic(&"x".repeat(65)).is_err());
+        assert!(check_shm_path("/dev/shm/rdmabus-abc", "/dev/shm").is_ok());
+        assert!(check_shm_path("/dev/shm/../etc/passwd", "/dev/shm").is_err());
+        assert!(check_shm_path("/dev/shm/rdmabus-a/../../x", "/dev/shm").is_err());
+        assert!(check_shm_path("/tmp/rdmabus-abc", "/dev/shm").is_err());
+        assert!(check_shm_path("/dev/shm/other", "/dev/shm").is_err());
+        assert_eq!(
+            check_ring(
+                &RingDescriptor {
+                    slots: 3,
+                    slot_size: 128
+                },
+                64
+            )
+            .unwrap_err()
+            .code,
+            RejectCode::BadGeometry
+        );
+        assert_eq!(
+            check_ring(
+                &RingDescriptor {
+                    slots: 4,
+                    slot_size: 64
+                },
+                128
+            )
+            .unwrap_err()
+            .code,
+            RejectCode::BadGeometry
+        );
+        assert!(check_ring(
+            &RingDescriptor {
+                slots: 4,
+                slot_size: 128
+            },
+            128
+        )
+        .is_ok());
+    }
+
+    proptest! {
+        /// Arbitrary bytes, or a valid message with bytes flipped, never panic the decoder.
+        #[test]
+        fn garbage_payload_is_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ControlMsg::decode(&bytes);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(idx in any::<prop::sample::Index>(), val in any::<u8>()) {
+            let frame = hello().encode();
+            let mut payload = frame[FRAME_HEADER_LEN..].to_vec();
+            let i = idx.index(payload.len());
+            payload[i] = val;
+            if let Ok(m) = ControlMsg::decode(&payload) {
+                prop_assert!(m.check_bounds().is_ok());
+            }
+        }
+    }
+}
