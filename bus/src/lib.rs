@@ -1,1 +1,47 @@
+//! rdmabus: a kernel-bypass message bus for colocated machines.
+//!
+//! Publishers serialize rkyv messages in place into a staging slot and write them into every
+//! subscriber's ring (over shared memory, or RDMA in a later transport); subscribers busy-poll a
+//! completion queue and read each message in place as `&Archived<T>`.
+//!
+//! ```no_run
+//! use rdmabus::{Node, Policy, Psk, Subscriber, Event};
+//! use rdmabus_proto::market::Quote;
+//!
+//! # fn main() -> Result<(), rdmabus::Error> {
+//! let psk = Psk::new(b"a key of sixteen bytes or more".to_vec())?;
+//! let node = Node::builder().bind("127.0.0.1:7400").psk(psk.clone()).start()?;
+//! let mut quotes = node.publisher::<Quote>("md.quotes").policy(Policy::Block).build()?;
+//!
+//! let mut sub = Subscriber::<Quote>::builder(node.local_addr(), "md.quotes").psk(psk).connect()?;
+//! quotes.wait_for_subscribers(1, std::time::Duration::from_secs(5))?;
+//! quotes.loan()?.write(&Quote::synthetic(1))?.send()?;
+//! if let Event::Message(m) = sub.recv()? {
+//!     println!("seq {} bid {}", m.seq(), m.bid_px);
+//! }
+//! # Ok(()) }
+//! ```
 
+pub mod clock;
+pub mod control;
+mod error;
+mod idle;
+mod policy;
+mod psk;
+mod publisher;
+pub mod shm;
+mod stats;
+mod subscriber;
+mod transport;
+
+pub use control::node::{Node, NodeBuilder, NodeEvent};
+pub use error::Error;
+pub use idle::IdleStrategy;
+pub use policy::Policy;
+pub use psk::Psk;
+pub use publisher::{Loan, Publisher, PublisherBuilder, Written};
+pub use rdmabus_proto as proto;
+pub use rdmabus_proto::Message;
+pub use stats::{LinkEnd, PublisherStats, SubscriberInfo, SubscriberStats};
+pub use subscriber::{Event, Received, Subscriber, SubscriberBuilder};
+pub use transport::Transport;

@@ -1,0 +1,240 @@
+//! A node: the control-plane listener of one process, hosting any number of topics.
+
+use super::accept;
+use crate::stats::LinkCounters;
+use crate::transport::RemoteRing;
+use crate::{Error, Message, Psk, PublisherBuilder};
+use rdmabus_proto::RingGeometry;
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Most events kept for [`Node::events`].
+const MAX_EVENTS: usize = 4096;
+
+/// Something that happened on the control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A subscriber joined a topic.
+    Joined {
+        /// Topic.
+        topic: String,
+        /// Subscriber id.
+        id: u32,
+        /// The name the subscriber gave.
+        name: String,
+        /// Its address.
+        peer: SocketAddr,
+    },
+    /// A connection was refused during the handshake.
+    Rejected {
+        /// Its address.
+        peer: SocketAddr,
+        /// Why, as told to the peer and logged.
+        reason: String,
+    },
+}
+
+/// A subscriber that finished its handshake, waiting for the publisher to adopt it.
+pub(crate) struct NewLink {
+    pub id: u32,
+    pub name: String,
+    pub ring: Box<dyn RemoteRing>,
+    pub geometry: RingGeometry,
+    pub state: Arc<crate::control::session::LinkState>,
+    pub counters: Arc<LinkCounters>,
+}
+
+/// What the control plane knows of one topic.
+pub(crate) struct TopicShared {
+    pub name: String,
+    pub schema: &'static str,
+    pub slot_size: u32,
+    pub next_seq: AtomicU64,
+    pub next_id: AtomicU32,
+    pub has_pending: AtomicBool,
+    pub pending: Mutex<Vec<NewLink>>,
+}
+
+/// State shared by the node's threads and its publishers.
+pub(crate) struct NodeShared {
+    pub addr: SocketAddr,
+    pub psk: Psk,
+    pub heartbeat: Duration,
+    pub topics: Mutex<HashMap<String, Arc<TopicShared>>>,
+    pub shutdown: AtomicBool,
+    pub events: Mutex<VecDeque<NodeEvent>>,
+}
+
+impl NodeShared {
+    pub fn event(&self, e: NodeEvent) {
+        let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == MAX_EVENTS {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<TopicShared>> {
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn topic_names(&self) -> Vec<String> {
+        let mut v: Vec<_> = self
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Builds a [`Node`].
+pub struct NodeBuilder {
+    bind: Option<String>,
+    psk: Option<Psk>,
+    heartbeat: Duration,
+}
+
+impl NodeBuilder {
+    /// Address to listen on for subscribers (default `127.0.0.1:0`, an ephemeral port).
+    pub fn bind(mut self, addr: impl Into<String>) -> Self {
+        self.bind = Some(addr.into());
+        self
+    }
+
+    /// The pre-shared key subscribers must prove (default: from `RDMABUS_PSK`).
+    pub fn psk(mut self, psk: Psk) -> Self {
+        self.psk = Some(psk);
+        self
+    }
+
+    /// Heartbeat interval (default 200 ms; a peer silent for 5 intervals is declared lost).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Binds the listener and starts accepting subscribers.
+    pub fn start(self) -> Result<Node, Error> {
+        let psk = match self.psk {
+            Some(p) => p,
+            None => Psk::from_env_default()?,
+        };
+        let bind = self.bind.unwrap_or_else(|| "127.0.0.1:0".into());
+        let addrs: Vec<SocketAddr> = bind
+            .to_socket_addrs()
+            .map_err(|e| Error::io(format!("resolving {bind}"), e))?
+            .collect();
+        let listener = TcpListener::bind(&addrs[..])
+            .map_err(|e| Error::io(format!("listening on {bind}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading listener address", e))?;
+        if self.heartbeat.is_zero() || self.heartbeat > Duration::from_secs(60) {
+            return Err(Error::Config(
+                "heartbeat must be between 1 ms and 60 s".into(),
+            ));
+        }
+        let shared = Arc::new(NodeShared {
+            addr,
+            psk,
+            heartbeat: self.heartbeat,
+            topics: Mutex::new(HashMap::new()),
+            shutdown: AtomicBool::new(false),
+            events: Mutex::new(VecDeque::new()),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("rdmabus-listen".into())
+            .spawn(move || accept_loop(listener, s))
+            .map_err(|e| Error::io("spawning the listener thread", e))?;
+        tracing::info!(%addr, "node listening");
+        Ok(Node {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn accept_loop(listener: TcpListener, node: Arc<NodeShared>) {
+    for conn in listener.incoming() {
+        if node.shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        match conn {
+            Ok(stream) => {
+                let n = node.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("rdmabus-conn".into())
+                    .spawn(move || accept::serve(n, stream));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot spawn a connection thread: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The control-plane listener of a process. Publishers are created from it; dropping it stops
+/// accepting new subscribers (existing links live on with their publishers).
+pub struct Node {
+    shared: Arc<NodeShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// A builder with the defaults.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            bind: None,
+            psk: None,
+            heartbeat: Duration::from_millis(200),
+        }
+    }
+
+    /// The address subscribers connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Starts building a publisher of `T` on `topic`.
+    pub fn publisher<T: Message>(&self, topic: &str) -> PublisherBuilder<T> {
+        PublisherBuilder::new(self.shared.clone(), topic)
+    }
+
+    /// Takes the control-plane events recorded since the last call (joins, refusals).
+    pub fn events(&self) -> Vec<NodeEvent> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.shared.addr, Duration::from_millis(200));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

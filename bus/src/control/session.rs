@@ -1,0 +1,159 @@
+//! After the handshake: heartbeats both ways, goodbye, and the shared state of one link that
+//! the hot path reads with a single relaxed load.
+
+use super::framed::{is_disconnect, FramedStream};
+use crate::clock::now_ns;
+use rdmabus_proto::handshake::{ControlMsg, Goodbye, GoodbyeReason, Heartbeat};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const ACTIVE: u8 = 0;
+const LOCAL_CLOSE: u8 = 1;
+const PEER_LOST: u8 = 2;
+const PEER_CLOSED: u8 = 3;
+
+/// How a link ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Still up.
+    Active,
+    /// This side closed it (reason sent to the peer).
+    Local(GoodbyeReason, String),
+    /// The peer vanished: connection lost, killed, heartbeats stopped, or a protocol error.
+    Lost(String),
+    /// The peer said goodbye.
+    Closed(GoodbyeReason, String),
+}
+
+/// State of one link shared between the hot path and its session thread.
+pub struct LinkState {
+    code: AtomicU8,
+    ended: Mutex<Ended>,
+}
+
+impl LinkState {
+    /// A new active link.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            code: AtomicU8::new(ACTIVE),
+            ended: Mutex::new(Ended::Active),
+        })
+    }
+
+    /// Hot path: whether the link is still up.
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.code.load(Ordering::Relaxed) == ACTIVE
+    }
+
+    fn set(&self, code: u8, ended: Ended) -> bool {
+        let mut guard = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if *guard != Ended::Active {
+            return false;
+        }
+        *guard = ended;
+        self.code.store(code, Ordering::Release);
+        true
+    }
+
+    /// Asks the session to say goodbye with `reason` and close.
+    pub fn close_locally(&self, reason: GoodbyeReason, message: impl Into<String>) -> bool {
+        self.set(LOCAL_CLOSE, Ended::Local(reason, message.into()))
+    }
+
+    /// Records that the peer vanished.
+    pub fn peer_lost(&self, why: impl Into<String>) -> bool {
+        self.set(PEER_LOST, Ended::Lost(why.into()))
+    }
+
+    /// Records the peer's goodbye.
+    pub fn peer_closed(&self, reason: GoodbyeReason, message: impl Into<String>) -> bool {
+        self.set(PEER_CLOSED, Ended::Closed(reason, message.into()))
+    }
+
+    /// How the link ended (cold path).
+    pub fn ended(&self) -> Ended {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Runs heartbeats for a link on its own thread until either side ends it.
+pub fn spawn(
+    mut stream: FramedStream,
+    state: Arc<LinkState>,
+    heartbeat: Duration,
+    name: String,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("rdmabus-ctl-{name}"))
+        .spawn(move || run(&mut stream, &state, heartbeat, &name))
+        .expect("spawning a control thread")
+}
+
+/// Runs heartbeats for a link on the calling thread until either side ends it.
+pub fn run(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, name: &str) {
+    let dead_after = (heartbeat * 5).max(Duration::from_millis(500));
+    let tick = heartbeat.min(Duration::from_millis(20));
+    let mut next_beat = Instant::now();
+    let mut last_rx = Instant::now();
+    loop {
+        match state.ended() {
+            Ended::Active => {}
+            Ended::Local(reason, message) => {
+                let _ = stream.send(&ControlMsg::Goodbye(Goodbye { reason, message }));
+                stream.shutdown();
+                return;
+            }
+            Ended::Lost(_) | Ended::Closed(..) => {
+                stream.shutdown();
+                return;
+            }
+        }
+        let now = Instant::now();
+        if now >= next_beat {
+            if let Err(e) = stream.send(&ControlMsg::Heartbeat(Heartbeat { sent_ns: now_ns() })) {
+                state.peer_lost(format!("sending heartbeat: {e}"));
+                continue;
+            }
+            next_beat = now + heartbeat;
+        }
+        match stream.recv_until(Instant::now() + tick) {
+            Ok(Some(ControlMsg::Heartbeat(_))) => last_rx = Instant::now(),
+            Ok(Some(ControlMsg::Goodbye(g))) => {
+                tracing::debug!(link = name, reason = ?g.reason, message = %g.message, "peer said goodbye");
+                state.peer_closed(g.reason, g.message);
+            }
+            Ok(Some(other)) => {
+                let why = format!(
+                    "protocol violation: unexpected {} after the handshake",
+                    other.kind()
+                );
+                tracing::warn!(link = name, "{why}");
+                if state.peer_lost(why.clone()) {
+                    let _ = stream.send(&ControlMsg::Goodbye(Goodbye {
+                        reason: GoodbyeReason::Error,
+                        message: why,
+                    }));
+                }
+            }
+            Ok(None) => {
+                if last_rx.elapsed() > dead_after {
+                    let why = format!("no heartbeat for {} ms", last_rx.elapsed().as_millis());
+                    tracing::warn!(link = name, "{why}");
+                    state.peer_lost(why);
+                }
+            }
+            Err(e) => {
+                let why = if is_disconnect(&e) {
+                    format!("connection lost ({e})")
+                } else {
+                    e.to_string()
+                };
+                tracing::info!(link = name, "{why}");
+                state.peer_lost(why);
+            }
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The publisher: loan a staging slot, serialize in place, send to every subscriber.
+
+use crate::clock::now_ns;
+use crate::control::node::{NodeShared, TopicShared};
+use crate::control::session::{Ended, LinkState};
+use crate::stats::{bump, LinkCounters, LinkEnd, PublisherStats, SubscriberInfo};
+use crate::transport::RemoteRing;
+use crate::{Error, IdleStrategy, Message, Policy};
+use memmap2::MmapMut;
+use rdmabus_proto::codec;
+use rdmabus_proto::credit::CreditTracker;
+use rdmabus_proto::handshake::{check_topic, GoodbyeReason};
+use rdmabus_proto::slot::{imm_of, HEADER_LEN};
+use rdmabus_proto::{RingGeometry, SlotHeader};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Default slot size (header included) when the builder is not told the largest payload.
+pub const DEFAULT_SLOT_SIZE: u32 = 1024;
+/// Default number of staging slots.
+pub const DEFAULT_STAGING_SLOTS: u32 = 64;
+
+/// Builds a [`Publisher`]; from [`crate::Node::publisher`].
+pub struct PublisherBuilder<T> {
+    node: Arc<NodeShared>,
+    topic: String,
+    policy: Policy,
+    slot_size: Option<u32>,
+    max_payload: Option<usize>,
+    staging_slots: u32,
+    idle: IdleStrategy,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Message> PublisherBuilder<T> {
+    pub(crate) fn new(node: Arc<NodeShared>, topic: &str) -> Self {
+        Self {
+            node,
+            topic: topic.to_string(),
+            policy: Policy::Block,
+            slot_size: None,
+            max_payload: None,
+            staging_slots: DEFAULT_STAGING_SLOTS,
+            idle: IdleStrategy::BusySpin,
+            _t: PhantomData,
+        }
+    }
+
+    /// What to do when a subscriber's ring is full (default [`Policy::Block`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Largest serialized message, in bytes; sets the slot size (default slot: 1024 bytes).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = Some(bytes);
+        self
+    }
+
+    /// Slot size in bytes, header included (a multiple of 64).
+    pub fn slot_size(mut self, bytes: u32) -> Self {
+        self.slot_size = Some(bytes);
+        self
+    }
+
+    /// Number of staging slots (power of two, default 64).
+    pub fn staging_slots(mut self, n: u32) -> Self {
+        self.staging_slots = n;
+        self
+    }
+
+    /// How a blocked `send()` waits for credit (default busy spin).
+    pub fn idle(mut self, idle: IdleStrategy) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// Registers the topic on the node and allocates the staging ring.
+    pub fn build(self) -> Result<Publisher<T>, Error> {
+        check_topic(&self.topic).map_err(Error::Config)?;
+        let slot_size = match (self.slot_size, self.max_payload) {
+            (Some(s), _) => s,
+            (None, Some(p)) => {
+                RingGeometry::slot_size_for_payload(p).map_err(|e| Error::Config(e.to_string()))?
+            }
+            (None, None) => DEFAULT_SLOT_SIZE,
+        };
+        let staging = RingGeometry::new(self.staging_slots, slot_size)
+            .map_err(|e| Error::Config(format!("staging ring: {e}")))?;
+        let memory = MmapMut::map_anon(staging.ring_bytes())
+            .map_err(|e| Error::io("allocating the staging ring", e))?;
+        let topic = Arc::new(TopicShared {
+            name: self.topic.clone(),
+            schema: std::any::type_name::<T>(),
+            slot_size,
+            next_seq: AtomicU64::new(0),
+            next_id: AtomicU32::new(1),
+            has_pending: Default::default(),
+            pending: Mutex::new(Vec::new()),
+        });
+        {
+            let mut topics = self.node.topics.lock().unwrap_or_else(|p| p.into_inner());
+            if topics.contains_key(&self.topic) {
+                return Err(Error::Config(format!(
+                    "topic {:?} already has a publisher on this node",
+                    self.topic
+                )));
+            }
+            topics.insert(self.topic.clone(), topic.clone());
+        }
+        Ok(Publisher {
+            node: self.node,
+            topic,
+            staging,
+            memory,
+            staging_pos: 0,
+            next_seq: 0,
+            links: Vec::new(),
+            departed: Vec::new(),
+            policy: self.policy,
+            idle: self.idle,
+            published: 0,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// One subscriber as the publisher drives it.
+struct Link {
+    id: u32,
+    name: String,
+    ring: Box<dyn RemoteRing>,
+    geometry: RingGeometry,
+    credit: CreditTracker,
+    state: Arc<LinkState>,
+    counters: Arc<LinkCounters>,
+    dropped_pending: u64,
+}
+
+impl Link {
+    fn info(&self) -> SubscriberInfo {
+        SubscriberInfo {
+            id: self.id,
+            name: self.name.clone(),
+            sent: self.counters.sent.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            credit_stalls: self.counters.credit_stalls.load(Ordering::Relaxed),
+            end: match self.state.ended() {
+                Ended::Active => LinkEnd::Active,
+                Ended::Local(r, m) => LinkEnd::Cut(r, m),
+                Ended::Lost(m) => LinkEnd::Lost(m),
+                Ended::Closed(_, m) => LinkEnd::Left(m),
+            },
+        }
+    }
+}
+
+/// Publishes messages of type `T` on one topic to every connected subscriber.
+///
+/// Hot path: [`loan`](Self::loan) → [`Loan::write`] (serialize in place) → [`Written::send`].
+/// None of them allocates or takes a lock once subscribers are connected.
+pub struct Publisher<T> {
+    node: Arc<NodeShared>,
+    topic: Arc<TopicShared>,
+    staging: RingGeometry,
+    memory: MmapMut,
+    staging_pos: u64,
+    next_seq: u64,
+    links: Vec<Link>,
+    departed: Vec<SubscriberInfo>,
+    policy: Policy,
+    idle: IdleStrategy,
+    published: u64,
+    _t: PhantomData<fn(&T)>,
+}
+
+/// A staging slot lent by [`Publisher::loan`], waiting for its payload.
+pub struct Loan<'p, T> {
+    publisher: &'p mut Publisher<T>,
+    offset: usize,
+}
+
+/// A staging slot with its payload written, ready to [`send`](Written::send).
+pub struct Written<'p, T> {
+    publisher: &'p mut Publisher<T>,
+    offset: usize,
+    len: usize,
+}
+
+impl<'p, T: Message> Loan<'p, T> {
+    /// Bytes the payload may take.
+    pub fn capacity(&self) -> usize {
+        self.publisher.staging.payload_capacity()
+    }
+
+    /// Serializes `value` in place into the slot.
+    #[inline]
+    pub fn write(self, value: &T) -> Result<Written<'p, T>, Error> {
+        let cap = self.capacity();
+        let buf =
+            &mut self.publisher.memory[self.offset + HEADER_LEN..self.offset + HEADER_LEN + cap];
+        let len = codec::encode_into(value, buf)?;
+        Ok(Written {
+            publisher: self.publisher,
+            offset: self.offset,
+            len,
+        })
+    }
+
+    /// Copies an already-serialized archive of `T` into the slot (for relays). The bytes are
+    /// not checked here; subscribers validate them on access unless they opted out.
+    pub fn write_bytes(self, archive: &[u8]) -> Result<Written<'p, T>, Error> {
+        let cap = self.capacity();
+        if archive.len() > cap {
+            return Err(Error::Message(codec::MessageError::TooLarge {
+                capacity: cap,
+            }));
+        }
+        let start = self.offset + HEADER_LEN;
+        self.publisher.memory[start..start + archive.len()].copy_from_slice(archive);
+        Ok(Written {
+            publisher: self.publisher,
+            offset: self.offset,
+            len: archive.len(),
+        })
+    }
+}
+
+impl<T> Written<'_, T> {
+    /// Bytes of the serialized payload.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Stamps the header and writes the message into every subscriber's ring; returns its
+    /// sequence number.
+    #[inline]
+    pub fn send(self) -> Result<u64, Error> {
+        self.publisher.fan_out(self.offset, self.len)
+    }
+}
+
+impl<T: Message> Publisher<T> {
+    /// Lends the next staging slot.
+    #[inline]
+    pub fn loan(&mut self) -> Result<Loan<'_, T>, Error> {
+        let offset = self.staging.offset(self.staging_pos);
+        self.staging_pos = self.staging_pos.wrapping_add(1);
+        Ok(Loan {
+            publisher: self,
+            offset,
+        })
+    }
+
+    /// Loan, serialize and send in one call.
+    #[inline]
+    pub fn publish(&mut self, value: &T) -> Result<u64, Error> {
+        self.loan()?.write(value)?.send()
+    }
+}
+
+impl<T> Publisher<T> {
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic.name
+    }
+
+    /// Payload bytes one message may take.
+    pub fn payload_capacity(&self) -> usize {
+        self.staging.payload_capacity()
+    }
+
+    /// The sequence the next message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Starts sequences at `seq` (before the first send; for tests of wrap-around and for
+    /// resuming a feed's numbering).
+    pub fn set_next_seq(&mut self, seq: u64) {
+        self.next_seq = seq;
+        self.topic.next_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// Connected subscribers (after adopting any that just finished their handshake).
+    pub fn subscriber_count(&mut self) -> usize {
+        self.adopt_pending();
+        self.reap();
+        self.links.len()
+    }
+
+    /// Waits until at least `n` subscribers are connected.
+    pub fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        while self.subscriber_count() < n {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "{} of {n} subscribers joined topic {:?} within {timeout:?}",
+                    self.links.len(),
+                    self.topic.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Counters for the topic and every subscriber that ever joined it.
+    pub fn stats(&self) -> PublisherStats {
+        let mut subscribers: Vec<_> = self.links.iter().map(Link::info).collect();
+        subscribers.extend(self.departed.iter().cloned());
+        PublisherStats {
+            published: self.published,
+            subscribers,
+        }
+    }
+
+    fn adopt_pending(&mut self) {
+        if !self.topic.has_pending.load(Ordering::Acquire) {
+            return;
+        }
+        let mut pending = self.topic.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.topic.has_pending.store(false, Ordering::Release);
+        for l in pending.drain(..) {
+            self.links.push(Link {
+                id: l.id,
+                name: l.name,
+                ring: l.ring,
+                credit: CreditTracker::new(l.geometry.slots(), 0),
+                geometry: l.geometry,
+                state: l.state,
+                counters: l.counters,
+                dropped_pending: 0,
+            });
+        }
+    }
+
+    /// Removes links that ended; their last counters are kept for `stats()`.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.links.len() {
+            if self.links[i].state.is_active() {
+                i += 1;
+            } else {
+                let link = self.links.swap_remove(i);
+                let info = link.info();
+                tracing::info!(topic = %self.topic.name, id = info.id, name = %info.name, end = ?info.end, "subscriber removed");
+                self.departed.push(info);
+            }
+        }
+    }
+
+    #[inline]
+    fn fan_out(&mut self, offset: usize, len: usize) -> Result<u64, Error> {
+        self.adopt_pending();
+        let seq = self.next_seq;
+        let publish_ns = now_ns();
+        let payload = &self.memory[offset + HEADER_LEN..offset + HEADER_LEN + len];
+        let mut any_dead = false;
+        for link in &mut self.links {
+            if !deliver(link, self.policy, self.idle, seq, publish_ns, payload) {
+                any_dead = true;
+            }
+        }
+        if any_dead {
+            self.reap();
+        }
+        self.next_seq = seq.wrapping_add(1);
+        self.topic.next_seq.store(self.next_seq, Ordering::Relaxed);
+        self.published += 1;
+        Ok(seq)
+    }
+}
+
+/// Delivers one message to one link under `policy`; false when the link is (now) dead.
+#[inline]
+fn deliver(
+    link: &mut Link,
+    policy: Policy,
+    idle: IdleStrategy,
+    seq: u64,
+    publish_ns: u64,
+    payload: &[u8],
+) -> bool {
+    if !link.state.is_active() {
+        return false;
+    }
+    if link.credit.available() == 0 {
+        if let Err(e) = link.credit.update(link.ring.consumed()) {
+            link.state
+                .close_locally(GoodbyeReason::Error, format!("bad credit: {e}"));
+            return false;
+        }
+    }
+    if link.credit.available() == 0 {
+        bump(&link.counters.credit_stalls, 1);
+        match policy {
+            Policy::Block => {
+                let mut rounds = 0u32;
+                while link.credit.available() == 0 {
+                    if !link.state.is_active() {
+                        return false;
+                    }
+                    idle.idle(rounds);
+                    rounds = rounds.saturating_add(1);
+                    if let Err(e) = link.credit.update(link.ring.consumed()) {
+                        link.state
+                            .close_locally(GoodbyeReason::Error, format!("bad credit: {e}"));
+                        return false;
+                    }
+                }
+            }
+            Policy::Drop => {
+                link.dropped_pending += 1;
+                bump(&link.counters.dropped, 1);
+                return true;
+            }
+            Policy::Disconnect => {
+                let why = format!(
+                    "ring of {} slots full at sequence {seq}: slow consumer",
+                    link.geometry.slots()
+                );
+                link.state.close_locally(GoodbyeReason::SlowConsumer, why);
+                return false;
+            }
+        }
+    }
+    let pos = link.credit.acquire().expect("credit checked above");
+    let header = SlotHeader::new(seq, publish_ns, payload.len() as u32, link.dropped_pending);
+    if let Err(e) = link
+        .ring
+        .write(link.geometry.index(pos), &header, payload, imm_of(seq))
+    {
+        link.state
+            .close_locally(GoodbyeReason::Error, format!("write failed: {e}"));
+        return false;
+    }
+    link.dropped_pending = 0;
+    bump(&link.counters.sent, 1);
+    true
+}
+
+impl<T> Drop for Publisher<T> {
+    fn drop(&mut self) {
+        self.adopt_pending();
+        for link in &self.links {
+            link.state
+                .close_locally(GoodbyeReason::Shutdown, "publisher closed the topic");
+        }
+        self.node
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.topic.name);
+    }
+}

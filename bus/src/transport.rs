@@ -1,0 +1,55 @@
+//! The transport abstraction: the same semantics (a remote write into a subscriber's ring,
+//! then a completion carrying an immediate that the subscriber polls, and a credit word written
+//! back) over shared memory now, and over RDMA verbs in the same shape.
+
+use crate::Error;
+use rdmabus_proto::SlotHeader;
+
+/// Which transport carries a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Shared memory files under /dev/shm: processes on one machine.
+    #[default]
+    Shm,
+    /// RDMA verbs (RoCE, InfiniBand, Soft-RoCE).
+    Verbs,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shm" => Ok(Self::Shm),
+            "verbs" => Ok(Self::Verbs),
+            _ => Err(format!("unknown transport {s:?}: use shm or verbs")),
+        }
+    }
+}
+
+/// The publisher's end of one subscriber: writes into that subscriber's ring.
+pub trait RemoteRing: Send {
+    /// Writes `header` and `payload` into slot `index` of the subscriber's ring, then posts a
+    /// completion carrying `imm`. Must not allocate.
+    fn write(
+        &mut self,
+        index: u32,
+        header: &SlotHeader,
+        payload: &[u8],
+        imm: u32,
+    ) -> Result<(), Error>;
+
+    /// The consumed position the subscriber last wrote into this link's credit word.
+    fn consumed(&self) -> u64;
+}
+
+/// The subscriber's end: its ring, its completion queue and its credit writer.
+pub trait LocalRing: Send {
+    /// The next completion's immediate, if one arrived. Must not allocate.
+    fn poll(&mut self) -> Result<Option<u32>, Error>;
+
+    /// The bytes of slot `index`.
+    fn slot(&self, index: u32) -> &[u8];
+
+    /// Writes the consumed position back to the publisher's credit word.
+    fn return_credit(&mut self, consumed: u64) -> Result<(), Error>;
+}

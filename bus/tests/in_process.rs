@@ -1,0 +1,147 @@
+//! Publisher and subscriber in one process (threads): API behaviour that needs no second process.
+
+use rdmabus::proto::market::{BookUpdate, Quote};
+use rdmabus::{Error, Event, Node, Policy, Psk, Subscriber};
+use std::time::Duration;
+
+fn psk() -> Psk {
+    Psk::new(b"in-process test key 0123456789".to_vec()).unwrap()
+}
+
+#[test]
+fn order_and_content_across_ring_wrap_from_near_u64_max() {
+    let node = Node::builder().psk(psk()).start().unwrap();
+    let mut publisher = node
+        .publisher::<Quote>("q")
+        .max_payload(64)
+        .build()
+        .unwrap();
+    let start = u64::MAX - 100;
+    publisher.set_next_seq(start);
+    let addr = node.local_addr();
+    let reader = std::thread::spawn(move || {
+        let mut sub = Subscriber::<Quote>::builder(addr, "q")
+            .psk(psk())
+            .slots(8)
+            .connect()
+            .unwrap();
+        let mut expect = start;
+        for _ in 0..1000 {
+            match sub.recv().unwrap() {
+                Event::Message(m) => {
+                    assert_eq!(m.seq(), expect);
+                    assert!(Quote::synthetic_matches(&m, expect));
+                    expect = expect.wrapping_add(1);
+                }
+                Event::Gap { first, count, .. } => panic!("gap {first}+{count}"),
+            }
+        }
+        sub.stats()
+    });
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .unwrap();
+    for i in 0..1000u64 {
+        let seq = start.wrapping_add(i);
+        assert_eq!(publisher.publish(&Quote::synthetic(seq)).unwrap(), seq);
+    }
+    let stats = reader.join().unwrap();
+    assert_eq!(stats.received, 1000);
+    assert_eq!(stats.gaps, 0);
+}
+
+#[test]
+fn corrupted_archive_is_rejected_and_the_stream_goes_on() {
+    let node = Node::builder().psk(psk()).start().unwrap();
+    let mut publisher = node
+        .publisher::<BookUpdate>("books")
+        .policy(Policy::Block)
+        .build()
+        .unwrap();
+    let mut sub = Subscriber::<BookUpdate>::builder(node.local_addr(), "books")
+        .psk(psk())
+        .connect()
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .unwrap();
+
+    // A relay forwards bytes it did not check: the archive's vector pointer is corrupted.
+    #[repr(align(64))]
+    struct A([u8; 1024]);
+    let mut buf = A([0; 1024]);
+    let n = rdmabus::proto::codec::encode_into(&BookUpdate::synthetic(1), &mut buf.0).unwrap();
+    buf.0[n - 16..n - 8].fill(0x7f);
+    publisher
+        .loan()
+        .unwrap()
+        .write_bytes(&buf.0[..n])
+        .unwrap()
+        .send()
+        .unwrap();
+    publisher.publish(&BookUpdate::synthetic(2)).unwrap();
+
+    match sub.recv() {
+        Err(Error::Corrupt {
+            seq: Some(0),
+            reason,
+        }) => assert!(reason.contains("invalid archived message"), "{reason}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a corrupt message was handed out"),
+    }
+    match sub.recv().unwrap() {
+        Event::Message(m) => {
+            assert_eq!(m.seq(), 1);
+            assert!(BookUpdate::synthetic_matches(&m, 2));
+        }
+        Event::Gap { .. } => panic!("gap"),
+    }
+    assert_eq!(sub.stats().corrupt, 1);
+}
+
+#[test]
+fn oversized_message_is_refused_before_sending() {
+    let node = Node::builder().psk(psk()).start().unwrap();
+    let mut publisher = node
+        .publisher::<BookUpdate>("small")
+        .slot_size(128)
+        .build()
+        .unwrap();
+    let err = publisher.publish(&BookUpdate::synthetic(3)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not fit the 96-byte slot payload"),
+        "{err}"
+    );
+    assert_eq!(publisher.next_seq(), 0, "nothing was sequenced");
+}
+
+#[test]
+fn publisher_drop_is_reported_after_the_ring_drains() {
+    let node = Node::builder().psk(psk()).start().unwrap();
+    let mut publisher = node.publisher::<Quote>("bye").build().unwrap();
+    let mut sub = Subscriber::<Quote>::builder(node.local_addr(), "bye")
+        .psk(psk())
+        .connect()
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .unwrap();
+    for i in 0..10 {
+        publisher.publish(&Quote::synthetic(i)).unwrap();
+    }
+    drop(publisher);
+    for i in 0..10 {
+        match sub.recv().unwrap() {
+            Event::Message(m) => assert_eq!(m.seq(), i),
+            Event::Gap { .. } => panic!("gap"),
+        }
+    }
+    match sub.recv() {
+        Err(Error::Closed { message, .. }) => {
+            assert!(message.contains("publisher closed"), "{message}")
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("message after close"),
+    }
+}
