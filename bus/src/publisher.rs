@@ -323,6 +323,20 @@ impl<T> Publisher<T> {
         }
     }
 
+    /// Closes the topic in order: every subscriber is told goodbye (after the messages already
+    /// in its ring), waiting up to `timeout` for the goodbyes to go out.
+    pub fn close(mut self, timeout: Duration) -> PublisherStats {
+        self.adopt_pending();
+        for link in &self.links {
+            link.state.close_locally(GoodbyeReason::Shutdown, "publisher closed the topic");
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !self.links.iter().all(|l| l.state.is_finished()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.stats()
+    }
+
     fn adopt_pending(&mut self) {
         if !self.topic.has_pending.load(Ordering::Acquire) {
             return;

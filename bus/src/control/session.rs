@@ -31,6 +31,7 @@ pub enum Ended {
 pub struct LinkState {
     code: AtomicU8,
     ended: Mutex<Ended>,
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl LinkState {
@@ -39,6 +40,7 @@ impl LinkState {
         Arc::new(Self {
             code: AtomicU8::new(ACTIVE),
             ended: Mutex::new(Ended::Active),
+            finished: Default::default(),
         })
     }
 
@@ -73,6 +75,11 @@ impl LinkState {
         self.set(PEER_CLOSED, Ended::Closed(reason, message.into()))
     }
 
+    /// Whether the session thread has finished (goodbye sent, connection closed).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
     /// How the link ended (cold path).
     pub fn ended(&self) -> Ended {
         self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -94,6 +101,11 @@ pub fn spawn(
 
 /// Runs heartbeats for a link on the calling thread until either side ends it.
 pub fn run(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, name: &str) {
+    run_inner(stream, state, heartbeat, name);
+    state.finished.store(true, Ordering::Release);
+}
+
+fn run_inner(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, name: &str) {
     let dead_after = (heartbeat * 5).max(Duration::from_millis(500));
     let tick = heartbeat.min(Duration::from_millis(20));
     let mut next_beat = Instant::now();

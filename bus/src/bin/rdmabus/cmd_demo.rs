@@ -1,0 +1,181 @@
+//! `rdmabus demo`: a market-data feed to subscribers in separate processes.
+
+use crate::cmd_pub::Pacer;
+use crate::report::{thousands, us, SubReport};
+use crate::topics::AnyPublisher;
+use rdmabus::{Error, IdleStrategy, Node, Policy, Psk, Transport};
+use std::io::{IsTerminal, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Arguments of `rdmabus demo`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DemoArgs {
+    /// Number of subscriber processes.
+    #[arg(long, default_value_t = 3)]
+    pub subscribers: usize,
+    /// How long to publish.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Messages per second over both topics (quotes and trades, 3 to 1).
+    #[arg(long, default_value_t = 50_000)]
+    pub rate: u64,
+    /// What to do when a subscriber's ring is full: block, drop, disconnect.
+    #[arg(long, default_value = "block")]
+    pub policy: Policy,
+    /// Transport between publisher and subscribers.
+    #[arg(long, default_value = "shm")]
+    pub transport: Transport,
+    /// Ring slots per subscriber and topic.
+    #[arg(long, default_value_t = 1024)]
+    pub slots: u32,
+    /// Make the last subscriber spend this many microseconds per message (shows the policy).
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub slow_us: u64,
+    /// How subscribers wait when idle (yield shares the CPU when there are more pollers
+    /// than cores; spin is lowest latency with a core each).
+    #[arg(long, default_value = "yield")]
+    pub idle: IdleStrategy,
+}
+
+struct Kids(Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the demo.
+pub fn run(a: DemoArgs) -> Result<(), Error> {
+    if a.transport != Transport::Shm {
+        return Err(Error::Config("the demo runs over shm in this version (verbs comes with the verbs transport)".into()));
+    }
+    if a.subscribers == 0 || a.subscribers > 64 {
+        return Err(Error::Config("--subscribers must be 1 to 64".into()));
+    }
+    let psk = Psk::random();
+    let node = Node::builder().psk(psk.clone()).start()?;
+    let mut quotes = AnyPublisher::new(&node, "quotes", a.policy, IdleStrategy::Yield)?;
+    let mut trades = AnyPublisher::new(&node, "trades", a.policy, IdleStrategy::Yield)?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the rdmabus executable", e))?;
+    println!(
+        "rdmabus demo: {} subscriber processes, quotes + trades at {} msg/s for {} s over {:?}, policy {:?}",
+        a.subscribers,
+        thousands(a.rate),
+        a.seconds,
+        a.transport,
+        a.policy
+    );
+    let mut kids = Kids(Vec::new());
+    for i in 1..=a.subscribers {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["sub", "--connect", &node.local_addr().to_string(), "-t", "quotes", "-t", "trades", "--json"])
+            .args(["--name", &format!("sub-{i}"), "--slots", &a.slots.to_string()])
+            .args(["--idle", match a.idle { IdleStrategy::BusySpin => "spin", IdleStrategy::Yield => "yield", IdleStrategy::Backoff => "backoff" }])
+            .env("RDMABUS_PSK", psk.as_text().expect("random keys are text"))
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        if i == a.subscribers && a.slow_us > 0 {
+            cmd.args(["--delay-us", &a.slow_us.to_string()]);
+        }
+        kids.0.push(cmd.spawn().map_err(|e| Error::io("starting a subscriber process", e))?);
+    }
+    quotes.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
+    trades.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
+
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(a.seconds);
+    let mut pacer = Pacer::new(a.rate);
+    let mut next_status = start;
+    let mut n = 0u64;
+    while Instant::now() < end {
+        pacer.wait();
+        if n % 4 == 3 { trades.publish_next()? } else { quotes.publish_next()? };
+        n += 1;
+        if n % 1024 == 0 && Instant::now() >= next_status {
+            status(tty, start, n, &mut quotes, &mut trades);
+            next_status += if tty { Duration::from_millis(250) } else { Duration::from_secs(1) };
+        }
+    }
+    status(tty, start, n, &mut quotes, &mut trades);
+    if tty {
+        eprintln!();
+    }
+    let pub_stats = [quotes.close(), trades.close()];
+
+    let mut reports = Vec::new();
+    let waited = Instant::now();
+    for child in kids.0.iter_mut() {
+        while child.try_wait().ok().flatten().is_none() && waited.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for child in std::mem::take(&mut kids.0) {
+        let out = child.wait_with_output().map_err(|e| Error::io("collecting a subscriber's report", e))?;
+        let line = String::from_utf8_lossy(&out.stdout);
+        match serde_json::from_str::<SubReport>(line.trim()) {
+            Ok(r) => reports.push(r),
+            Err(e) => return Err(Error::Protocol(format!("a subscriber gave no report ({e}); exit {:?}", out.status))),
+        }
+    }
+
+    println!();
+    println!(
+        "{:<8} {:>10} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}  ended",
+        "sub", "messages", "gaps", "drops", "p50 us", "p99 us", "p99.9 us", "max us"
+    );
+    for r in &reports {
+        let received: u64 = r.topics.iter().map(|t| t.received).sum();
+        let gaps: u64 = r.topics.iter().map(|t| t.gaps).sum();
+        let drops: u64 = pub_stats
+            .iter()
+            .flat_map(|s| s.subscribers.iter())
+            .filter(|s| s.name == r.name)
+            .map(|s| s.dropped)
+            .sum();
+        let ended = r.topics.first().map(|t| t.end.clone()).unwrap_or_default();
+        println!(
+            "{:<8} {:>10} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}  {}",
+            r.name,
+            thousands(received),
+            gaps,
+            drops,
+            us(r.latency.p50_ns),
+            us(r.latency.p99_ns),
+            us(r.latency.p999_ns),
+            us(r.latency.max_ns),
+            ended
+        );
+    }
+    println!(
+        "published {} messages in {:.2} s ({} msg/s); latency is one-way, publish to read in place",
+        thousands(n),
+        a.seconds,
+        thousands((n as f64 / a.seconds) as u64)
+    );
+    Ok(())
+}
+
+fn status(tty: bool, start: Instant, n: u64, q: &mut AnyPublisher, t: &mut AnyPublisher) {
+    let secs = start.elapsed().as_secs_f64();
+    let (qs, ts) = (q.stats(), t.stats());
+    let subs = q.subscriber_count().min(t.subscriber_count());
+    let all = qs.subscribers.iter().chain(ts.subscribers.iter());
+    let (drops, stalls) = all.fold((0, 0), |(d, s), i| (d + i.dropped, s + i.credit_stalls));
+    let line = format!(
+        "{secs:6.1} s | published {:>11} ({:>9} msg/s) | subscribers {subs} | dropped {drops} | ring-full stalls {stalls}",
+        thousands(n),
+        thousands((n as f64 / secs.max(1e-9)) as u64)
+    );
+    if tty {
+        eprint!("\r{line}");
+        let _ = std::io::stderr().flush();
+    } else {
+        eprintln!("{line}");
+    }
+}

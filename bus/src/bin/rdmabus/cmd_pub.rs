@@ -1,0 +1,114 @@
+//! `rdmabus pub`: publish synthetic market data.
+
+use crate::keyopt::KeyArgs;
+use crate::report::PubTopic;
+use crate::topics::{self, AnyPublisher};
+use rdmabus::{Error, IdleStrategy, Node, Policy};
+use std::time::{Duration, Instant};
+
+/// Arguments of `rdmabus pub`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PubArgs {
+    /// Address to accept subscribers on.
+    #[arg(long, short = 'l', default_value = "127.0.0.1:7400", value_name = "HOST:PORT")]
+    pub listen: String,
+    /// Topics to publish (quotes, trades, books); repeat for several.
+    #[arg(long = "topic", short = 't', default_values_t = ["quotes".to_string(), "trades".to_string()], value_parser = parse_topic)]
+    pub topics: Vec<String>,
+    /// Messages per second over all topics (0: as fast as the subscribers allow).
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Stop after this many messages per topic.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// What to do when a subscriber's ring is full: block, drop, disconnect.
+    #[arg(long, default_value = "block")]
+    pub policy: Policy,
+    /// Wait for this many subscribers on every topic before publishing.
+    #[arg(long, default_value_t = 0)]
+    pub wait_subscribers: usize,
+    /// How to wait when blocked: spin, yield, backoff.
+    #[arg(long, default_value = "spin")]
+    pub idle: IdleStrategy,
+    /// Print a JSON report on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+fn parse_topic(s: &str) -> Result<String, String> {
+    topics::check(s).map(|_| s.to_string())
+}
+
+/// Paces a loop at `rate` iterations per second (0: unpaced).
+pub struct Pacer {
+    start: Instant,
+    per: Option<Duration>,
+    n: u64,
+}
+
+impl Pacer {
+    pub fn new(rate: u64) -> Self {
+        Self { start: Instant::now(), per: (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64)), n: 0 }
+    }
+
+    /// Waits until the next iteration is due.
+    #[inline]
+    pub fn wait(&mut self) {
+        if let Some(per) = self.per {
+            let due = self.start + per.mul_f64(self.n as f64);
+            let mut rounds = 0;
+            while Instant::now() < due {
+                IdleStrategy::Yield.idle(rounds);
+                rounds += 1;
+            }
+        }
+        self.n += 1;
+    }
+}
+
+/// Runs `rdmabus pub`.
+pub fn run(args: PubArgs) -> Result<(), Error> {
+    let node = Node::builder().bind(args.listen.clone()).psk(args.key.load()?).start()?;
+    let mut pubs = args
+        .topics
+        .iter()
+        .map(|t| AnyPublisher::new(&node, t, args.policy, args.idle))
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!("publishing {} on {} (policy {:?})", args.topics.join(", "), node.local_addr(), args.policy);
+    for p in pubs.iter_mut() {
+        p.wait_for_subscribers(args.wait_subscribers, Duration::from_secs(60))?;
+    }
+    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut pacer = Pacer::new(args.rate);
+    let mut sent = 0u64;
+    'outer: loop {
+        for p in pubs.iter_mut() {
+            if args.count.is_some_and(|c| sent >= c) || deadline.is_some_and(|d| Instant::now() >= d) {
+                break 'outer;
+            }
+            pacer.wait();
+            p.publish_next()?;
+        }
+        sent += 1;
+    }
+    let reports: Vec<PubTopic> = pubs
+        .into_iter()
+        .map(|p| {
+            let topic = p.topic().to_string();
+            PubTopic::from_stats(&topic, &p.close())
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&reports).expect("report serializes"));
+    } else {
+        for r in &reports {
+            eprintln!("{}: published {} to {} subscribers", r.topic, r.published, r.subscribers.len());
+        }
+    }
+    Ok(())
+}

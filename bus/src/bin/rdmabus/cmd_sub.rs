@@ -1,0 +1,249 @@
+//! `rdmabus sub`: subscribe to topics and print or count what arrives.
+
+use crate::keyopt::KeyArgs;
+use crate::report::{Latency, SubReport, TopicReport};
+use crate::topics;
+use hdrhistogram::Histogram;
+use rdmabus::proto::market::{BookUpdate, Quote, Trade};
+use rdmabus::{Error, Event, IdleStrategy, Message, Psk, Subscriber};
+use std::time::{Duration, Instant};
+
+/// Arguments of `rdmabus sub`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SubArgs {
+    /// Publisher node to connect to (HOST:PORT, as printed by `rdmabus pub`).
+    #[arg(long, short = 'c', value_name = "HOST:PORT")]
+    pub connect: String,
+    /// Topic to subscribe to (quotes, trades or books); repeat for several.
+    #[arg(long = "topic", short = 't', required = true, value_parser = parse_topic)]
+    pub topics: Vec<String>,
+    /// Stop after this many sequences per topic (received or lost).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Print every message.
+    #[arg(long)]
+    pub print: bool,
+    /// Check every message against the synthetic feed that `rdmabus pub` sends.
+    #[arg(long)]
+    pub verify: bool,
+    /// Spend this many microseconds per message (to play a slow consumer).
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub delay_us: u64,
+    /// Ring slots per topic (power of two).
+    #[arg(long, default_value_t = 1024)]
+    pub slots: u32,
+    /// Name shown in the publisher's stats.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// How to wait when idle: spin (lowest latency, burns a core), yield, backoff.
+    #[arg(long, default_value = "spin")]
+    pub idle: IdleStrategy,
+    /// Skip validation of messages (only for trusted publishers).
+    #[arg(long)]
+    pub unchecked: bool,
+    /// Print a JSON report on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+fn parse_topic(s: &str) -> Result<String, String> {
+    topics::check(s).map(|_| s.to_string())
+}
+
+trait TopicReader {
+    /// One poll; true if something happened.
+    fn step(&mut self, args: &SubArgs) -> bool;
+    fn done(&self) -> bool;
+    fn finish(&mut self, end: &str) -> (TopicReport, Histogram<u64>);
+}
+
+struct Reader<T: Message> {
+    sub: Subscriber<T>,
+    verify: fn(&T::Archived, u64) -> bool,
+    report: TopicReport,
+    hist: Histogram<u64>,
+    seen: u64,
+    count: Option<u64>,
+    done: bool,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+impl<T: Message + 'static> Reader<T>
+where
+    T::Archived: std::fmt::Debug,
+{
+    fn connect(args: &SubArgs, psk: &Psk, topic: &str, verify: fn(&T::Archived, u64) -> bool) -> Result<Box<dyn TopicReader>, Error> {
+        let mut b = Subscriber::<T>::builder(args.connect.as_str(), topic)
+            .psk(psk.clone())
+            .slots(args.slots)
+            .name(if args.name.is_empty() { format!("sub-{}", std::process::id()) } else { args.name.clone() })
+            .idle(args.idle);
+        if args.unchecked {
+            b = b.unchecked();
+        }
+        let sub = b.connect()?;
+        let report = TopicReport { topic: topic.to_string(), subscriber_id: sub.id(), ..Default::default() };
+        Ok(Box::new(Reader { sub, verify, report, hist: histogram(), seen: 0, count: args.count, done: false }))
+    }
+}
+
+impl<T: Message> TopicReader for Reader<T>
+where
+    T::Archived: std::fmt::Debug,
+{
+    fn step(&mut self, args: &SubArgs) -> bool {
+        if self.done {
+            return false;
+        }
+        let r = &mut self.report;
+        match self.sub.poll() {
+            Ok(None) => return false,
+            Ok(Some(Event::Gap { first, count, announced })) => {
+                if r.lost_ranges.len() < 10_000 {
+                    r.lost_ranges.push((first, count));
+                }
+                if args.print {
+                    println!("{} gap: {count} lost from #{first} (announced: {announced})", r.topic);
+                }
+                self.seen += count;
+            }
+            Ok(Some(Event::Message(m))) => {
+                let now = rdmabus::clock::now_ns();
+                let _ = self.hist.record(now.saturating_sub(m.publish_ns()).max(1));
+                let seq = m.seq();
+                if r.last_seq.is_some_and(|l| seq <= l) {
+                    r.order_errors += 1;
+                }
+                r.first_seq.get_or_insert(seq);
+                r.last_seq = Some(seq);
+                if args.verify && !(self.verify)(m.archived(), seq) {
+                    r.verify_failures += 1;
+                }
+                if args.print {
+                    println!("{} #{seq} {:?}", r.topic, m.archived());
+                }
+                self.seen += 1;
+                if args.delay_us > 0 {
+                    work_for(Duration::from_micros(args.delay_us));
+                }
+            }
+            Err(Error::Corrupt { seq, reason }) => {
+                eprintln!("{}: corrupt message {seq:?}: {reason}", r.topic);
+                self.seen += 1;
+            }
+            Err(e) => {
+                r.end = match &e {
+                    Error::Closed { reason, message } => format!("closed: {reason:?}: {message}"),
+                    Error::PublisherLost(why) => format!("lost: {why}"),
+                    other => format!("error: {other}"),
+                };
+                if !args.json {
+                    eprintln!("{}: {e}", r.topic);
+                }
+                self.done = true;
+                return true;
+            }
+        }
+        if self.count.is_some_and(|c| self.seen >= c) {
+            self.report.end = "count".into();
+            self.done = true;
+        }
+        true
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, end: &str) -> (TopicReport, Histogram<u64>) {
+        let s = self.sub.stats();
+        let mut r = self.report.clone();
+        r.received = s.received;
+        r.gaps = s.gaps;
+        r.lost = s.lost;
+        r.dropped_announced = s.dropped_announced;
+        r.corrupt = s.corrupt;
+        r.latency = Latency::from_histogram(&self.hist);
+        if r.end.is_empty() {
+            r.end = end.to_string();
+        }
+        (r, self.hist.clone())
+    }
+}
+
+/// Busy-waits for `d` (a sleep would overshoot short delays by tens of microseconds).
+fn work_for(d: Duration) {
+    if d >= Duration::from_millis(2) {
+        std::thread::sleep(d);
+        return;
+    }
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs `rdmabus sub`.
+pub fn run(args: SubArgs) -> Result<(), Error> {
+    let psk = args.key.load()?;
+    let mut readers: Vec<Box<dyn TopicReader>> = Vec::new();
+    for topic in &args.topics {
+        readers.push(match topic.as_str() {
+            "quotes" => Reader::<Quote>::connect(&args, &psk, topic, Quote::synthetic_matches)?,
+            "trades" => Reader::<Trade>::connect(&args, &psk, topic, Trade::synthetic_matches)?,
+            _ => Reader::<BookUpdate>::connect(&args, &psk, topic, BookUpdate::synthetic_matches)?,
+        });
+    }
+    if !args.json {
+        eprintln!("subscribed to {} at {}", args.topics.join(", "), args.connect);
+    }
+    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut rounds = 0u32;
+    let end = loop {
+        let mut progressed = false;
+        for r in readers.iter_mut() {
+            progressed |= r.step(&args);
+        }
+        if readers.iter().all(|r| r.done()) {
+            break "done";
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break "seconds";
+        }
+        if progressed {
+            rounds = 0;
+        } else {
+            args.idle.idle(rounds);
+            rounds = rounds.saturating_add(1);
+        }
+    };
+    let mut all = histogram();
+    let mut report = SubReport { name: args.name.clone(), pid: std::process::id(), ..Default::default() };
+    for r in readers.iter_mut() {
+        let (t, h) = r.finish(end);
+        let _ = all.add(&h);
+        report.topics.push(t);
+    }
+    report.latency = Latency::from_histogram(&all);
+    drop(readers);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+    } else {
+        for t in &report.topics {
+            eprintln!(
+                "{}: received {} gaps {} lost {} corrupt {} verify-failures {} p50 {} us p99 {} us ({})",
+                t.topic, t.received, t.gaps, t.lost, t.corrupt, t.verify_failures,
+                crate::report::us(t.latency.p50_ns), crate::report::us(t.latency.p99_ns), t.end
+            );
+        }
+    }
+    Ok(())
+}

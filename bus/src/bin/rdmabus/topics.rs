@@ -1,0 +1,100 @@
+//! The CLI's topics and their message types.
+
+use rdmabus::proto::market::{BookUpdate, Quote, Trade};
+use rdmabus::{Error, Publisher};
+
+/// Topic names the CLI knows, with the type each carries.
+pub const TOPICS: &[(&str, &str)] = &[("quotes", "Quote"), ("trades", "Trade"), ("books", "BookUpdate")];
+
+/// Checks a topic name given on the command line.
+pub fn check(name: &str) -> Result<(), String> {
+    if TOPICS.iter().any(|(t, _)| *t == name) {
+        Ok(())
+    } else {
+        Err(format!("unknown topic {name:?}: the CLI knows quotes, trades and books"))
+    }
+}
+
+/// A publisher of one of the CLI's topics.
+pub enum AnyPublisher {
+    Quotes(Publisher<Quote>),
+    Trades(Publisher<Trade>),
+    Books(Publisher<BookUpdate>),
+}
+
+impl AnyPublisher {
+    /// Creates the publisher for `topic` on `node`.
+    pub fn new(node: &rdmabus::Node, topic: &str, policy: rdmabus::Policy, idle: rdmabus::IdleStrategy) -> Result<Self, Error> {
+        Ok(match topic {
+            "quotes" => Self::Quotes(node.publisher("quotes").policy(policy).idle(idle).max_payload(96).build()?),
+            "trades" => Self::Trades(node.publisher("trades").policy(policy).idle(idle).max_payload(96).build()?),
+            "books" => Self::Books(node.publisher("books").policy(policy).idle(idle).max_payload(992).build()?),
+            other => return Err(Error::Config(check(other).unwrap_err())),
+        })
+    }
+
+    /// Publishes the synthetic message for the next sequence.
+    #[inline]
+    pub fn publish_next(&mut self) -> Result<u64, Error> {
+        match self {
+            Self::Quotes(p) => {
+                let seq = p.next_seq();
+                p.publish(&Quote::synthetic(seq))
+            }
+            Self::Trades(p) => {
+                let seq = p.next_seq();
+                p.publish(&Trade::synthetic(seq))
+            }
+            Self::Books(p) => {
+                let seq = p.next_seq();
+                p.publish(&BookUpdate::synthetic(seq))
+            }
+        }
+    }
+
+    /// Waits for `n` subscribers.
+    pub fn wait_for_subscribers(&mut self, n: usize, t: std::time::Duration) -> Result<(), Error> {
+        match self {
+            Self::Quotes(p) => p.wait_for_subscribers(n, t),
+            Self::Trades(p) => p.wait_for_subscribers(n, t),
+            Self::Books(p) => p.wait_for_subscribers(n, t),
+        }
+    }
+
+    /// Connected subscribers.
+    pub fn subscriber_count(&mut self) -> usize {
+        match self {
+            Self::Quotes(p) => p.subscriber_count(),
+            Self::Trades(p) => p.subscriber_count(),
+            Self::Books(p) => p.subscriber_count(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> rdmabus::PublisherStats {
+        match self {
+            Self::Quotes(p) => p.stats(),
+            Self::Trades(p) => p.stats(),
+            Self::Books(p) => p.stats(),
+        }
+    }
+
+    /// Topic name.
+    pub fn topic(&self) -> &str {
+        match self {
+            Self::Quotes(p) => p.topic(),
+            Self::Trades(p) => p.topic(),
+            Self::Books(p) => p.topic(),
+        }
+    }
+
+    /// Says goodbye to every subscriber.
+    pub fn close(self) -> rdmabus::PublisherStats {
+        let t = std::time::Duration::from_secs(2);
+        match self {
+            Self::Quotes(p) => p.close(t),
+            Self::Trades(p) => p.close(t),
+            Self::Books(p) => p.close(t),
+        }
+    }
+}
