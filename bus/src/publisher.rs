@@ -328,7 +328,8 @@ impl<T> Publisher<T> {
     pub fn close(mut self, timeout: Duration) -> PublisherStats {
         self.adopt_pending();
         for link in &self.links {
-            link.state.close_locally(GoodbyeReason::Shutdown, "publisher closed the topic");
+            link.state
+                .close_locally(GoodbyeReason::Shutdown, "publisher closed the topic");
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && !self.links.iter().all(|l| l.state.is_finished()) {

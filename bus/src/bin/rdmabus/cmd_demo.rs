@@ -52,7 +52,9 @@ impl Drop for Kids {
 /// Runs the demo.
 pub fn run(a: DemoArgs) -> Result<(), Error> {
     if a.transport != Transport::Shm {
-        return Err(Error::Config("the demo runs over shm in this version (verbs comes with the verbs transport)".into()));
+        return Err(Error::Config(
+            "the demo runs over shm in this version (verbs comes with the verbs transport)".into(),
+        ));
     }
     if a.subscribers == 0 || a.subscribers > 64 {
         return Err(Error::Config("--subscribers must be 1 to 64".into()));
@@ -61,7 +63,8 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     let node = Node::builder().psk(psk.clone()).start()?;
     let mut quotes = AnyPublisher::new(&node, "quotes", a.policy, IdleStrategy::Yield)?;
     let mut trades = AnyPublisher::new(&node, "trades", a.policy, IdleStrategy::Yield)?;
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding the rdmabus executable", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the rdmabus executable", e))?;
     println!(
         "rdmabus demo: {} subscriber processes, quotes + trades at {} msg/s for {} s over {:?}, policy {:?}",
         a.subscribers,
@@ -73,16 +76,40 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     let mut kids = Kids(Vec::new());
     for i in 1..=a.subscribers {
         let mut cmd = Command::new(&exe);
-        cmd.args(["sub", "--connect", &node.local_addr().to_string(), "-t", "quotes", "-t", "trades", "--json"])
-            .args(["--name", &format!("sub-{i}"), "--slots", &a.slots.to_string()])
-            .args(["--idle", match a.idle { IdleStrategy::BusySpin => "spin", IdleStrategy::Yield => "yield", IdleStrategy::Backoff => "backoff" }])
-            .env("RDMABUS_PSK", psk.as_text().expect("random keys are text"))
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null());
+        cmd.args([
+            "sub",
+            "--connect",
+            &node.local_addr().to_string(),
+            "-t",
+            "quotes",
+            "-t",
+            "trades",
+            "--json",
+        ])
+        .args([
+            "--name",
+            &format!("sub-{i}"),
+            "--slots",
+            &a.slots.to_string(),
+        ])
+        .args([
+            "--idle",
+            match a.idle {
+                IdleStrategy::BusySpin => "spin",
+                IdleStrategy::Yield => "yield",
+                IdleStrategy::Backoff => "backoff",
+            },
+        ])
+        .env("RDMABUS_PSK", psk.as_text().expect("random keys are text"))
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
         if i == a.subscribers && a.slow_us > 0 {
             cmd.args(["--delay-us", &a.slow_us.to_string()]);
         }
-        kids.0.push(cmd.spawn().map_err(|e| Error::io("starting a subscriber process", e))?);
+        kids.0.push(
+            cmd.spawn()
+                .map_err(|e| Error::io("starting a subscriber process", e))?,
+        );
     }
     quotes.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
     trades.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
@@ -95,11 +122,19 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     let mut n = 0u64;
     while Instant::now() < end {
         pacer.wait();
-        if n % 4 == 3 { trades.publish_next()? } else { quotes.publish_next()? };
+        if n % 4 == 3 {
+            trades.publish_next()?
+        } else {
+            quotes.publish_next()?
+        };
         n += 1;
         if n % 1024 == 0 && Instant::now() >= next_status {
             status(tty, start, n, &mut quotes, &mut trades);
-            next_status += if tty { Duration::from_millis(250) } else { Duration::from_secs(1) };
+            next_status += if tty {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_secs(1)
+            };
         }
     }
     status(tty, start, n, &mut quotes, &mut trades);
@@ -111,16 +146,25 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     let mut reports = Vec::new();
     let waited = Instant::now();
     for child in kids.0.iter_mut() {
-        while child.try_wait().ok().flatten().is_none() && waited.elapsed() < Duration::from_secs(15) {
+        while child.try_wait().ok().flatten().is_none()
+            && waited.elapsed() < Duration::from_secs(15)
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
     for child in std::mem::take(&mut kids.0) {
-        let out = child.wait_with_output().map_err(|e| Error::io("collecting a subscriber's report", e))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("collecting a subscriber's report", e))?;
         let line = String::from_utf8_lossy(&out.stdout);
         match serde_json::from_str::<SubReport>(line.trim()) {
             Ok(r) => reports.push(r),
-            Err(e) => return Err(Error::Protocol(format!("a subscriber gave no report ({e}); exit {:?}", out.status))),
+            Err(e) => {
+                return Err(Error::Protocol(format!(
+                    "a subscriber gave no report ({e}); exit {:?}",
+                    out.status
+                )))
+            }
         }
     }
 

@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Clone, Debug)]
 pub struct PubArgs {
     /// Address to accept subscribers on.
-    #[arg(long, short = 'l', default_value = "127.0.0.1:7400", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        short = 'l',
+        default_value = "127.0.0.1:7400",
+        value_name = "HOST:PORT"
+    )]
     pub listen: String,
     /// Topics to publish (quotes, trades, books); repeat for several.
     #[arg(long = "topic", short = 't', default_values_t = ["quotes".to_string(), "trades".to_string()], value_parser = parse_topic)]
@@ -53,7 +58,11 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(rate: u64) -> Self {
-        Self { start: Instant::now(), per: (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64)), n: 0 }
+        Self {
+            start: Instant::now(),
+            per: (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64)),
+            n: 0,
+        }
     }
 
     /// Waits until the next iteration is due.
@@ -73,22 +82,34 @@ impl Pacer {
 
 /// Runs `rdmabus pub`.
 pub fn run(args: PubArgs) -> Result<(), Error> {
-    let node = Node::builder().bind(args.listen.clone()).psk(args.key.load()?).start()?;
+    let node = Node::builder()
+        .bind(args.listen.clone())
+        .psk(args.key.load()?)
+        .start()?;
     let mut pubs = args
         .topics
         .iter()
         .map(|t| AnyPublisher::new(&node, t, args.policy, args.idle))
         .collect::<Result<Vec<_>, _>>()?;
-    eprintln!("publishing {} on {} (policy {:?})", args.topics.join(", "), node.local_addr(), args.policy);
+    eprintln!(
+        "publishing {} on {} (policy {:?})",
+        args.topics.join(", "),
+        node.local_addr(),
+        args.policy
+    );
     for p in pubs.iter_mut() {
         p.wait_for_subscribers(args.wait_subscribers, Duration::from_secs(60))?;
     }
-    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let mut pacer = Pacer::new(args.rate);
     let mut sent = 0u64;
     'outer: loop {
         for p in pubs.iter_mut() {
-            if args.count.is_some_and(|c| sent >= c) || deadline.is_some_and(|d| Instant::now() >= d) {
+            if args.count.is_some_and(|c| sent >= c)
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 break 'outer;
             }
             pacer.wait();
@@ -104,10 +125,18 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string(&reports).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&reports).expect("report serializes")
+        );
     } else {
         for r in &reports {
-            eprintln!("{}: published {} to {} subscribers", r.topic, r.published, r.subscribers.len());
+            eprintln!(
+                "{}: published {} to {} subscribers",
+                r.topic,
+                r.published,
+                r.subscribers.len()
+            );
         }
     }
     Ok(())

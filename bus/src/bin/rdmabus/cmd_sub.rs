@@ -80,18 +80,39 @@ impl<T: Message + 'static> Reader<T>
 where
     T::Archived: std::fmt::Debug,
 {
-    fn connect(args: &SubArgs, psk: &Psk, topic: &str, verify: fn(&T::Archived, u64) -> bool) -> Result<Box<dyn TopicReader>, Error> {
+    fn connect(
+        args: &SubArgs,
+        psk: &Psk,
+        topic: &str,
+        verify: fn(&T::Archived, u64) -> bool,
+    ) -> Result<Box<dyn TopicReader>, Error> {
         let mut b = Subscriber::<T>::builder(args.connect.as_str(), topic)
             .psk(psk.clone())
             .slots(args.slots)
-            .name(if args.name.is_empty() { format!("sub-{}", std::process::id()) } else { args.name.clone() })
+            .name(if args.name.is_empty() {
+                format!("sub-{}", std::process::id())
+            } else {
+                args.name.clone()
+            })
             .idle(args.idle);
         if args.unchecked {
             b = b.unchecked();
         }
         let sub = b.connect()?;
-        let report = TopicReport { topic: topic.to_string(), subscriber_id: sub.id(), ..Default::default() };
-        Ok(Box::new(Reader { sub, verify, report, hist: histogram(), seen: 0, count: args.count, done: false }))
+        let report = TopicReport {
+            topic: topic.to_string(),
+            subscriber_id: sub.id(),
+            ..Default::default()
+        };
+        Ok(Box::new(Reader {
+            sub,
+            verify,
+            report,
+            hist: histogram(),
+            seen: 0,
+            count: args.count,
+            done: false,
+        }))
     }
 }
 
@@ -106,12 +127,19 @@ where
         let r = &mut self.report;
         match self.sub.poll() {
             Ok(None) => return false,
-            Ok(Some(Event::Gap { first, count, announced })) => {
+            Ok(Some(Event::Gap {
+                first,
+                count,
+                announced,
+            })) => {
                 if r.lost_ranges.len() < 10_000 {
                     r.lost_ranges.push((first, count));
                 }
                 if args.print {
-                    println!("{} gap: {count} lost from #{first} (announced: {announced})", r.topic);
+                    println!(
+                        "{} gap: {count} lost from #{first} (announced: {announced})",
+                        r.topic
+                    );
                 }
                 self.seen += count;
             }
@@ -119,7 +147,8 @@ where
                 let now = rdmabus::clock::now_ns();
                 let _ = self.hist.record(now.saturating_sub(m.publish_ns()).max(1));
                 let seq = m.seq();
-                if r.last_seq.is_some_and(|l| seq <= l) {
+                // Serial-number comparison: correct across the u64 wrap.
+                if r.last_seq.is_some_and(|l| seq.wrapping_sub(l) as i64 <= 0) {
                     r.order_errors += 1;
                 }
                 r.first_seq.get_or_insert(seq);
@@ -203,9 +232,15 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
         });
     }
     if !args.json {
-        eprintln!("subscribed to {} at {}", args.topics.join(", "), args.connect);
+        eprintln!(
+            "subscribed to {} at {}",
+            args.topics.join(", "),
+            args.connect
+        );
     }
-    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let mut rounds = 0u32;
     let end = loop {
         let mut progressed = false;
@@ -226,7 +261,11 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
         }
     };
     let mut all = histogram();
-    let mut report = SubReport { name: args.name.clone(), pid: std::process::id(), ..Default::default() };
+    let mut report = SubReport {
+        name: args.name.clone(),
+        pid: std::process::id(),
+        ..Default::default()
+    };
     for r in readers.iter_mut() {
         let (t, h) = r.finish(end);
         let _ = all.add(&h);
@@ -235,7 +274,10 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
     report.latency = Latency::from_histogram(&all);
     drop(readers);
     if args.json {
-        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serializes")
+        );
     } else {
         for t in &report.topics {
             eprintln!(

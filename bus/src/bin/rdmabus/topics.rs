@@ -4,14 +4,20 @@ use rdmabus::proto::market::{BookUpdate, Quote, Trade};
 use rdmabus::{Error, Publisher};
 
 /// Topic names the CLI knows, with the type each carries.
-pub const TOPICS: &[(&str, &str)] = &[("quotes", "Quote"), ("trades", "Trade"), ("books", "BookUpdate")];
+pub const TOPICS: &[(&str, &str)] = &[
+    ("quotes", "Quote"),
+    ("trades", "Trade"),
+    ("books", "BookUpdate"),
+];
 
 /// Checks a topic name given on the command line.
 pub fn check(name: &str) -> Result<(), String> {
     if TOPICS.iter().any(|(t, _)| *t == name) {
         Ok(())
     } else {
-        Err(format!("unknown topic {name:?}: the CLI knows quotes, trades and books"))
+        Err(format!(
+            "unknown topic {name:?}: the CLI knows quotes, trades and books"
+        ))
     }
 }
 
@@ -24,11 +30,34 @@ pub enum AnyPublisher {
 
 impl AnyPublisher {
     /// Creates the publisher for `topic` on `node`.
-    pub fn new(node: &rdmabus::Node, topic: &str, policy: rdmabus::Policy, idle: rdmabus::IdleStrategy) -> Result<Self, Error> {
+    pub fn new(
+        node: &rdmabus::Node,
+        topic: &str,
+        policy: rdmabus::Policy,
+        idle: rdmabus::IdleStrategy,
+    ) -> Result<Self, Error> {
         Ok(match topic {
-            "quotes" => Self::Quotes(node.publisher("quotes").policy(policy).idle(idle).max_payload(96).build()?),
-            "trades" => Self::Trades(node.publisher("trades").policy(policy).idle(idle).max_payload(96).build()?),
-            "books" => Self::Books(node.publisher("books").policy(policy).idle(idle).max_payload(992).build()?),
+            "quotes" => Self::Quotes(
+                node.publisher("quotes")
+                    .policy(policy)
+                    .idle(idle)
+                    .max_payload(96)
+                    .build()?,
+            ),
+            "trades" => Self::Trades(
+                node.publisher("trades")
+                    .policy(policy)
+                    .idle(idle)
+                    .max_payload(96)
+                    .build()?,
+            ),
+            "books" => Self::Books(
+                node.publisher("books")
+                    .policy(policy)
+                    .idle(idle)
+                    .max_payload(992)
+                    .build()?,
+            ),
             other => return Err(Error::Config(check(other).unwrap_err())),
         })
     }

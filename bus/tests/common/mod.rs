@@ -1,0 +1,126 @@
+//! Helpers for tests that run subscribers and publishers as separate processes.
+#![allow(dead_code)]
+
+use rdmabus::Psk;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "process-test-key-0123456789abcdef";
+
+pub fn psk() -> Psk {
+    Psk::new(KEY.as_bytes().to_vec()).unwrap()
+}
+
+/// A child process killed when dropped (so a failing test leaves none behind).
+pub struct Proc(pub Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let c = self.0.as_mut().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// Waits for exit and parses the JSON report it printed on stdout.
+    pub fn report(mut self, timeout: Duration) -> Value {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("process {} did not finish within {timeout:?}", child.id());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "process exited with {status}; stdout: {out}"
+        );
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"))
+    }
+}
+
+/// Starts `rdmabus sub --json` against `addr` with extra arguments.
+pub fn sub(addr: SocketAddr, args: &[&str]) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+        .args([
+            "sub",
+            "--connect",
+            &addr.to_string(),
+            "--json",
+            "--idle",
+            "yield",
+        ])
+        .args(args)
+        .env("RDMABUS_PSK", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Proc(Some(child))
+}
+
+/// Starts `rdmabus pub` on an ephemeral port and returns it with the address it printed.
+pub fn publisher(args: &[&str]) -> (Proc, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+        .args(["pub", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RDMABUS_PSK", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next().expect("pub printed nothing").unwrap();
+    let addr = line
+        .split(" on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(Some(child)), addr)
+}
+
+/// The report of `topic` in a `sub --json` report.
+pub fn topic<'a>(report: &'a Value, topic: &str) -> &'a Value {
+    report["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == topic)
+        .unwrap()
+}
+
+pub fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}

@@ -1,0 +1,374 @@
+//! The bus across real processes: subscribers (and one publisher) are `rdmabus` child processes
+//! talking over shared memory and TCP to a publisher in the test process.
+
+mod common;
+
+use common::*;
+use rdmabus::proto::market::Quote;
+use rdmabus::{Error, Event, LinkEnd, Node, Policy, Subscriber};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn node() -> Node {
+    Node::builder()
+        .psk(psk())
+        .heartbeat(Duration::from_millis(50))
+        .start()
+        .unwrap()
+}
+
+fn publish(p: &mut rdmabus::Publisher<Quote>, n: u64) {
+    for _ in 0..n {
+        let seq = p.next_seq();
+        p.publish(&Quote::synthetic(seq)).unwrap();
+    }
+}
+
+#[test]
+fn order_and_content_across_ring_and_sequence_wrap() {
+    let node = node();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .max_payload(96)
+        .build()
+        .unwrap();
+    let start = u64::MAX - 2_000;
+    p.set_next_seq(start);
+    let s = sub(
+        node.local_addr(),
+        &[
+            "-t", "quotes", "--slots", "8", "--count", "5000", "--verify",
+        ],
+    );
+    p.wait_for_subscribers(1, WAIT).unwrap();
+    publish(&mut p, 5000);
+    let r = s.report(WAIT);
+    let t = topic(&r, "quotes");
+    assert_eq!(u(t, "received"), 5000, "{t}");
+    assert_eq!(
+        (
+            u(t, "gaps"),
+            u(t, "verify_failures"),
+            u(t, "order_errors"),
+            u(t, "corrupt")
+        ),
+        (0, 0, 0, 0),
+        "{t}"
+    );
+    assert_eq!(u(t, "first_seq"), start);
+    assert_eq!(u(t, "last_seq"), start.wrapping_add(4999));
+    assert_eq!(t["end"], "count");
+}
+
+#[test]
+fn fan_out_to_three_subscriber_processes() {
+    let node = node();
+    let mut p = node.publisher::<Quote>("quotes").build().unwrap();
+    let subs: Vec<_> = (0..3)
+        .map(|i| {
+            sub(
+                node.local_addr(),
+                &[
+                    "-t",
+                    "quotes",
+                    "--slots",
+                    "64",
+                    "--count",
+                    "3000",
+                    "--verify",
+                    "--name",
+                    &format!("s{i}"),
+                ],
+            )
+        })
+        .collect();
+    p.wait_for_subscribers(3, WAIT).unwrap();
+    publish(&mut p, 3000);
+    for s in subs {
+        let r = s.report(WAIT);
+        let t = topic(&r, "quotes");
+        assert_eq!(
+            (u(t, "received"), u(t, "gaps"), u(t, "verify_failures")),
+            (3000, 0, 0),
+            "{t}"
+        );
+    }
+    let stats = p.stats();
+    assert_eq!(stats.subscribers.len(), 3);
+    assert!(stats
+        .subscribers
+        .iter()
+        .all(|s| s.sent == 3000 && s.dropped == 0));
+}
+
+#[test]
+fn block_never_loses_with_a_slow_subscriber() {
+    let node = node();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(Policy::Block)
+        .build()
+        .unwrap();
+    let slow = sub(
+        node.local_addr(),
+        &[
+            "-t",
+            "quotes",
+            "--slots",
+            "8",
+            "--count",
+            "2000",
+            "--verify",
+            "--delay-us",
+            "100",
+            "--name",
+            "slow",
+        ],
+    );
+    let fast = sub(
+        node.local_addr(),
+        &[
+            "-t", "quotes", "--count", "2000", "--verify", "--name", "fast",
+        ],
+    );
+    p.wait_for_subscribers(2, WAIT).unwrap();
+    publish(&mut p, 2000);
+    for s in [slow, fast] {
+        let r = s.report(WAIT);
+        let t = topic(&r, "quotes");
+        assert_eq!(
+            (
+                u(t, "received"),
+                u(t, "gaps"),
+                u(t, "lost"),
+                u(t, "verify_failures")
+            ),
+            (2000, 0, 0, 0),
+            "{t}"
+        );
+    }
+    let stats = p.stats();
+    let slow = stats.subscribers.iter().find(|s| s.name == "slow").unwrap();
+    assert!(
+        slow.credit_stalls > 0,
+        "the slow subscriber never filled its ring: {slow:?}"
+    );
+    assert_eq!(slow.dropped, 0);
+}
+
+#[test]
+fn drop_reports_exactly_the_lost_sequences() {
+    let node = node();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(Policy::Drop)
+        .build()
+        .unwrap();
+    let slow = sub(
+        node.local_addr(),
+        &[
+            "-t",
+            "quotes",
+            "--slots",
+            "8",
+            "--count",
+            "3001",
+            "--verify",
+            "--delay-us",
+            "50",
+            "--name",
+            "slow",
+        ],
+    );
+    p.wait_for_subscribers(1, WAIT).unwrap();
+    publish(&mut p, 3000);
+    // Let the subscriber drain, then one last message carries the count of any trailing drops.
+    std::thread::sleep(Duration::from_millis(500));
+    publish(&mut p, 1);
+    let r = slow.report(WAIT);
+    let t = topic(&r, "quotes");
+    let dropped = p.stats().subscribers[0].dropped;
+    let (received, lost) = (u(t, "received"), u(t, "lost"));
+    assert!(
+        dropped > 0,
+        "nothing was dropped: the test did not exercise Drop"
+    );
+    assert_eq!(received + lost, 3001, "{t}");
+    assert_eq!(
+        lost, dropped,
+        "subscriber's losses differ from the publisher's drops"
+    );
+    assert_eq!(
+        u(t, "dropped_announced"),
+        lost,
+        "every gap was announced by the publisher"
+    );
+    assert_eq!(u(t, "verify_failures"), 0);
+    // The ranges are in order, disjoint, inside the stream, and sum to the loss.
+    let ranges: Vec<(u64, u64)> = serde_json::from_value(t["lost_ranges"].clone()).unwrap();
+    let mut next = 0;
+    for &(first, count) in &ranges {
+        assert!(
+            first >= next && count > 0 && first + count <= 3001,
+            "{ranges:?}"
+        );
+        next = first + count;
+    }
+    assert_eq!(ranges.iter().map(|r| r.1).sum::<u64>(), lost);
+}
+
+#[test]
+fn disconnect_cuts_only_the_slow_subscriber() {
+    let node = node();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(Policy::Disconnect)
+        .build()
+        .unwrap();
+    let slow = sub(
+        node.local_addr(),
+        &[
+            "-t",
+            "quotes",
+            "--slots",
+            "8",
+            "--delay-us",
+            "500",
+            "--name",
+            "slow",
+        ],
+    );
+    let fast = sub(
+        node.local_addr(),
+        &[
+            "-t", "quotes", "--slots", "4096", "--count", "3000", "--verify", "--name", "fast",
+        ],
+    );
+    p.wait_for_subscribers(2, WAIT).unwrap();
+    publish(&mut p, 3000);
+    let slow_r = slow.report(WAIT);
+    let t = topic(&slow_r, "quotes");
+    assert!(t["end"].as_str().unwrap().contains("SlowConsumer"), "{t}");
+    assert!(u(t, "received") < 3000);
+    let fast_r = fast.report(WAIT);
+    let t = topic(&fast_r, "quotes");
+    assert_eq!(
+        (u(t, "received"), u(t, "gaps"), u(t, "verify_failures")),
+        (3000, 0, 0),
+        "{t}"
+    );
+    let stats = p.stats();
+    let slow = stats.subscribers.iter().find(|s| s.name == "slow").unwrap();
+    assert!(
+        matches!(&slow.end, LinkEnd::Cut(_, m) if m.contains("slow consumer")),
+        "{slow:?}"
+    );
+    let fast = stats.subscribers.iter().find(|s| s.name == "fast").unwrap();
+    // The fast one got everything and was never cut (it left in order after --count).
+    assert_eq!(fast.sent, 3000);
+    assert!(
+        matches!(&fast.end, LinkEnd::Active | LinkEnd::Left(_)),
+        "{fast:?}"
+    );
+}
+
+#[test]
+fn killed_subscriber_is_removed_without_disturbing_others() {
+    let node = node();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(Policy::Block)
+        .build()
+        .unwrap();
+    // The victim is slow, so the publisher is blocked on it when it dies.
+    let mut victim = sub(
+        node.local_addr(),
+        &[
+            "-t",
+            "quotes",
+            "--slots",
+            "8",
+            "--delay-us",
+            "2000",
+            "--name",
+            "victim",
+        ],
+    );
+    let other = sub(
+        node.local_addr(),
+        &[
+            "-t", "quotes", "--count", "3000", "--verify", "--name", "other",
+        ],
+    );
+    p.wait_for_subscribers(2, WAIT).unwrap();
+    let pid = victim.pid();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        victim.kill();
+    });
+    publish(&mut p, 3000);
+    killer.join().unwrap();
+    let r = other.report(WAIT);
+    let t = topic(&r, "quotes");
+    assert_eq!(
+        (u(t, "received"), u(t, "gaps"), u(t, "verify_failures")),
+        (3000, 0, 0),
+        "{t}"
+    );
+    let stats = p.stats();
+    let o = stats
+        .subscribers
+        .iter()
+        .find(|s| s.name == "other")
+        .unwrap();
+    assert_eq!(o.sent, 3000);
+    assert!(
+        matches!(&o.end, LinkEnd::Active | LinkEnd::Left(_)),
+        "{o:?}"
+    );
+    let v = stats
+        .subscribers
+        .iter()
+        .find(|s| s.name == "victim")
+        .unwrap();
+    assert!(
+        matches!(&v.end, LinkEnd::Lost(_)),
+        "victim (pid {pid}) should be lost: {v:?}"
+    );
+    assert!(v.sent < 3000);
+}
+
+#[test]
+fn killed_publisher_is_reported_to_its_subscribers() {
+    let (mut publisher, addr) = publisher(&["-t", "quotes", "--rate", "2000", "--seconds", "60"]);
+    let mut s = Subscriber::<Quote>::builder(addr, "quotes")
+        .psk(psk())
+        .connect()
+        .unwrap();
+    for _ in 0..100 {
+        match s.recv_timeout(WAIT).unwrap() {
+            Some(Event::Message(m)) => assert!(Quote::synthetic_matches(&m, m.seq())),
+            Some(Event::Gap { .. }) => panic!("gap under Block"),
+            None => panic!("no message"),
+        }
+    }
+    publisher.kill();
+    let started = std::time::Instant::now();
+    let err = loop {
+        match s.recv_timeout(WAIT) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("publisher death not reported within {WAIT:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&err, Error::PublisherLost(why) if why.contains("connection lost")),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
