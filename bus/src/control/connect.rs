@@ -54,6 +54,13 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
             "the verbs transport is not built into this version yet; use shm".into(),
         ));
     }
+    // Refuse a bad ring locally, before bothering the publisher.
+    RingGeometry::new(
+        p.slots,
+        p.slot_size
+            .unwrap_or(rdmabus_proto::geometry::MIN_SLOT_SIZE),
+    )
+    .map_err(|e| Error::Config(format!("ring: {e}")))?;
     let stream = TcpStream::connect_timeout(&p.addr, p.timeout)
         .map_err(|e| Error::io(format!("connecting to publisher at {}", p.addr), e))?;
     let mut fs = FramedStream::new(stream)?;
