@@ -1,1 +1,106 @@
-fn main() {}
+//! The hot path over shm, in one thread: serialize a `Quote` in place, send it, poll it, and
+//! read it in place (validated, and unchecked). Later transports compare against this.
+//!
+//! Run: `cargo bench -p rdmabus --bench hot_path`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use rdmabus::proto::codec;
+use rdmabus::proto::market::Quote;
+use rdmabus::{Event, Node, Psk, Subscriber};
+use std::time::Duration;
+
+fn psk() -> Psk {
+    Psk::new(b"criterion benchmark key 01234567".to_vec()).unwrap()
+}
+
+fn round_trip(c: &mut Criterion) {
+    let node = Node::builder().psk(psk()).start().unwrap();
+    let mut publisher = node
+        .publisher::<Quote>("q")
+        .max_payload(96)
+        .build()
+        .unwrap();
+    let mut checked = Subscriber::<Quote>::builder(node.local_addr(), "q")
+        .psk(psk())
+        .slots(1024)
+        .connect()
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .unwrap();
+
+    let mut g = c.benchmark_group("shm_quote");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("serialize_send_poll_access/validated", |b| {
+        b.iter(|| {
+            i += 1;
+            publisher
+                .loan()
+                .unwrap()
+                .write(&Quote::synthetic(i))
+                .unwrap()
+                .send()
+                .unwrap();
+            match checked.recv().unwrap() {
+                Event::Message(m) => black_box(m.bid_px.to_native()),
+                Event::Gap { .. } => unreachable!(),
+            }
+        })
+    });
+    drop(checked);
+    let mut unchecked = Subscriber::<Quote>::builder(node.local_addr(), "q")
+        .psk(psk())
+        .slots(1024)
+        .unchecked()
+        .connect()
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .unwrap();
+    g.bench_function("serialize_send_poll_access/unchecked", |b| {
+        b.iter(|| {
+            i += 1;
+            publisher
+                .loan()
+                .unwrap()
+                .write(&Quote::synthetic(i))
+                .unwrap()
+                .send()
+                .unwrap();
+            match unchecked.recv().unwrap() {
+                Event::Message(m) => black_box(m.bid_px.to_native()),
+                Event::Gap { .. } => unreachable!(),
+            }
+        })
+    });
+    g.finish();
+}
+
+fn pieces(c: &mut Criterion) {
+    #[repr(align(64))]
+    struct Slot([u8; 256]);
+    let mut slot = Slot([0; 256]);
+    let q = Quote::synthetic(42);
+    let mut g = c.benchmark_group("codec_quote");
+    g.bench_function("serialize_in_place", |b| {
+        b.iter(|| codec::encode_into(black_box(&q), &mut slot.0).unwrap())
+    });
+    let n = codec::encode_into(&q, &mut slot.0).unwrap();
+    g.bench_function("access_validated", |b| {
+        b.iter(|| {
+            codec::access::<Quote>(black_box(&slot.0[..n]))
+                .unwrap()
+                .bid_px
+                .to_native()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = round_trip, pieces
+}
+criterion_main!(benches);
