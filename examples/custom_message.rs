@@ -13,8 +13,11 @@ use std::time::Duration;
 #[derive(Archive, Serialize, Debug)]
 #[rkyv(derive(Debug))]
 pub struct ExecutionReport {
+    /// The gateway's order id.
     pub order_id: u64,
+    /// Where the order stands.
     pub status: OrderStatus,
+    /// Fills so far (at most 8 per report).
     pub fills: arrayvec::ArrayVec<Fill, 8>,
 }
 
@@ -23,17 +26,23 @@ pub struct ExecutionReport {
 #[rkyv(derive(Debug))]
 #[repr(u8)]
 pub enum OrderStatus {
+    /// Accepted, nothing filled.
     New,
+    /// Some quantity filled.
     PartiallyFilled,
+    /// Completely filled.
     Filled,
-    Rejected { reason_code: u16 },
+    /// Refused by the venue, with its reason code.
+    Rejected(u16),
 }
 
 /// One fill.
 #[derive(Archive, Serialize, Debug, Clone, Copy)]
 #[rkyv(derive(Debug))]
 pub struct Fill {
+    /// Fill price, in 1e-8 units.
     pub px: i64,
+    /// Filled quantity.
     pub qty: u64,
 }
 
@@ -65,7 +74,7 @@ fn main() -> Result<(), Error> {
     })?;
     reports.publish(&ExecutionReport {
         order_id: 8,
-        status: OrderStatus::Rejected { reason_code: 42 },
+        status: OrderStatus::Rejected(42),
         fills: Default::default(),
     })?;
 

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo bench -p rdmabus --bench hot_path`
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rdmabus::proto::codec;
 use rdmabus::proto::market::Quote;

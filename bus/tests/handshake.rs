@@ -91,10 +91,10 @@ fn wrong_key_proof_from_a_subscriber() {
             slots: 8,
             slot_size: 1024,
         },
-        endpoint: SubEndpoint::Shm {
+        endpoint: SubEndpoint::Shm(ShmRing {
             ring_path: "/dev/shm/rdmabus-x".into(),
             cq_path: "/dev/shm/rdmabus-y".into(),
-        },
+        }),
     }))
     .unwrap();
     let r = expect_reject(&mut fs);
@@ -240,10 +240,10 @@ fn geometry_out_of_bounds() {
                 "quotes",
             ),
             ring: RingDescriptor { slots, slot_size },
-            endpoint: SubEndpoint::Shm {
+            endpoint: SubEndpoint::Shm(ShmRing {
                 ring_path: "/dev/shm/rdmabus-x".into(),
                 cq_path: "/dev/shm/rdmabus-y".into(),
-            },
+            }),
         }))
         .unwrap();
         let r = expect_reject(&mut fs);
@@ -275,10 +275,10 @@ fn endpoint_outside_the_shared_memory_directory() {
             slots: 8,
             slot_size: 1024,
         },
-        endpoint: SubEndpoint::Shm {
+        endpoint: SubEndpoint::Shm(ShmRing {
             ring_path: "/etc/passwd".into(),
             cq_path: "/dev/shm/rdmabus-y".into(),
-        },
+        }),
     }))
     .unwrap();
     let r = expect_reject(&mut fs);

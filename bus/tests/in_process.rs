@@ -154,10 +154,22 @@ fn several_topics_per_node_and_several_nodes_per_process() {
     let mut qa = a.publisher::<Quote>("quotes").build().unwrap();
     let mut ta = a.publisher::<Trade>("trades").build().unwrap();
     let mut qb = b.publisher::<Quote>("quotes").build().unwrap();
-    assert!(a.publisher::<Quote>("quotes").build().is_err(), "a topic has one publisher per node");
-    let mut sqa = Subscriber::<Quote>::builder(a.local_addr(), "quotes").psk(psk()).connect().unwrap();
-    let mut sta = Subscriber::<Trade>::builder(a.local_addr(), "trades").psk(psk()).connect().unwrap();
-    let mut sqb = Subscriber::<Quote>::builder(b.local_addr(), "quotes").psk(psk()).connect().unwrap();
+    assert!(
+        a.publisher::<Quote>("quotes").build().is_err(),
+        "a topic has one publisher per node"
+    );
+    let mut sqa = Subscriber::<Quote>::builder(a.local_addr(), "quotes")
+        .psk(psk())
+        .connect()
+        .unwrap();
+    let mut sta = Subscriber::<Trade>::builder(a.local_addr(), "trades")
+        .psk(psk())
+        .connect()
+        .unwrap();
+    let mut sqb = Subscriber::<Quote>::builder(b.local_addr(), "quotes")
+        .psk(psk())
+        .connect()
+        .unwrap();
     for p in [&mut qa, &mut qb] {
         p.wait_for_subscribers(1, Duration::from_secs(5)).unwrap();
     }
@@ -165,10 +177,16 @@ fn several_topics_per_node_and_several_nodes_per_process() {
     qa.publish(&Quote::synthetic(10)).unwrap();
     ta.publish(&Trade::synthetic(20)).unwrap();
     qb.publish(&Quote::synthetic(30)).unwrap();
-    let Event::Message(m) = sqa.recv().unwrap() else { panic!() };
+    let Event::Message(m) = sqa.recv().unwrap() else {
+        panic!()
+    };
     assert!(Quote::synthetic_matches(&m, 10));
-    let Event::Message(m) = sta.recv().unwrap() else { panic!() };
+    let Event::Message(m) = sta.recv().unwrap() else {
+        panic!()
+    };
     assert!(Trade::synthetic_matches(&m, 20));
-    let Event::Message(m) = sqb.recv().unwrap() else { panic!() };
+    let Event::Message(m) = sqb.recv().unwrap() else {
+        panic!()
+    };
     assert!(Quote::synthetic_matches(&m, 30));
 }

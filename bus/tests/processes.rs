@@ -374,15 +374,26 @@ fn killed_publisher_is_reported_to_its_subscribers() {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} {pid} failed");
 }
 
 #[test]
 fn frozen_subscriber_is_declared_lost_by_heartbeat_and_unblocks_the_publisher() {
     let node = node();
-    let mut p = node.publisher::<Quote>("quotes").policy(Policy::Block).build().unwrap();
-    let frozen = sub(node.local_addr(), &["-t", "quotes", "--slots", "8", "--name", "frozen"]);
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(Policy::Block)
+        .build()
+        .unwrap();
+    let frozen = sub(
+        node.local_addr(),
+        &["-t", "quotes", "--slots", "8", "--name", "frozen"],
+    );
     p.wait_for_subscribers(1, WAIT).unwrap();
     // Stopped, not killed: its TCP connection stays open, only the heartbeats stop.
     signal(frozen.pid(), "-STOP");
@@ -390,15 +401,25 @@ fn frozen_subscriber_is_declared_lost_by_heartbeat_and_unblocks_the_publisher() 
     publish(&mut p, 100); // blocks on the full ring until the heartbeat timeout cuts it loose
     let stats = p.stats();
     let f = &stats.subscribers[0];
-    assert!(matches!(&f.end, LinkEnd::Lost(why) if why.contains("no heartbeat")), "{f:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        matches!(&f.end, LinkEnd::Lost(why) if why.contains("no heartbeat")),
+        "{f:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     signal(frozen.pid(), "-CONT");
 }
 
 #[test]
 fn frozen_publisher_is_declared_lost_by_heartbeat() {
     let (publisher, addr) = publisher(&["-t", "quotes", "--rate", "1000", "--seconds", "60"]);
-    let mut s = Subscriber::<Quote>::builder(addr, "quotes").psk(psk()).connect().unwrap();
+    let mut s = Subscriber::<Quote>::builder(addr, "quotes")
+        .psk(psk())
+        .connect()
+        .unwrap();
     assert!(s.recv_timeout(WAIT).unwrap().is_some());
     signal(publisher.pid(), "-STOP");
     let err = loop {
@@ -408,6 +429,9 @@ fn frozen_publisher_is_declared_lost_by_heartbeat() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(&err, Error::PublisherLost(why) if why.contains("no heartbeat")), "{err}");
+    assert!(
+        matches!(&err, Error::PublisherLost(why) if why.contains("no heartbeat")),
+        "{err}"
+    );
     signal(publisher.pid(), "-CONT");
 }

@@ -35,7 +35,10 @@ impl<T> Message for T where
 #[derive(Debug)]
 pub enum MessageError {
     /// The serialized message does not fit the slot.
-    TooLarge { capacity: usize },
+    TooLarge {
+        /// Bytes the slot's payload can hold.
+        capacity: usize,
+    },
     /// Serialization failed for another reason.
     Encode(rancor::Error),
     /// Validation of the archived bytes failed: the bytes are not a valid archive of the type.

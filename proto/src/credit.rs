@@ -9,9 +9,19 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreditError {
     /// The reported position moved backwards.
-    Backwards { previous: u64, reported: u64 },
+    Backwards {
+        /// Last accepted position.
+        previous: u64,
+        /// The position reported.
+        reported: u64,
+    },
     /// The reported position is ahead of what was ever written.
-    AheadOfWritten { written: u64, reported: u64 },
+    AheadOfWritten {
+        /// Next position to write.
+        written: u64,
+        /// The position reported.
+        reported: u64,
+    },
 }
 
 impl core::fmt::Display for CreditError {

@@ -26,7 +26,12 @@ pub enum FrameError {
     /// The bytes do not start with `MAGIC`: the peer is not an rdmabus peer.
     BadMagic([u8; 4]),
     /// The peer speaks another protocol version.
-    VersionMismatch { theirs: u16, ours: u16 },
+    VersionMismatch {
+        /// The peer's version.
+        theirs: u16,
+        /// This build's version.
+        ours: u16,
+    },
     /// The frame announces more than `MAX_FRAME_LEN` bytes, or none.
     BadLength(u32),
     /// Reserved header bits are set.

@@ -9,9 +9,17 @@ pub enum SeqEvent {
     /// Exactly the expected sequence.
     InOrder,
     /// Sequences `first .. first + count` (wrapping) were skipped.
-    Gap { first: u64, count: u64 },
+    Gap {
+        /// First skipped sequence.
+        first: u64,
+        /// Number skipped.
+        count: u64,
+    },
     /// A sequence at or before one already seen.
-    Stale { expected: u64 },
+    Stale {
+        /// The sequence that was expected.
+        expected: u64,
+    },
 }
 
 /// Tracks the expected next sequence and counts what was lost.

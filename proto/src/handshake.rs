@@ -59,12 +59,32 @@ pub struct VerbsEndpoint {
     pub len: u64,
 }
 
+/// A subscriber's ring and completion queue in shared memory.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ShmRing {
+    /// Ring file.
+    pub ring_path: String,
+    /// Completion-queue file.
+    pub cq_path: String,
+}
+
+/// A publisher's credit word in shared memory.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ShmCredit {
+    /// Credit file.
+    pub path: String,
+    /// Byte offset of the credit word in it.
+    pub offset: u64,
+}
+
 /// Where the subscriber's ring lives.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum SubEndpoint {
     /// Files under the shared-memory directory holding the ring and the completion queue.
-    Shm { ring_path: String, cq_path: String },
+    Shm(ShmRing),
     /// A verbs queue pair and the registered ring.
     Verbs(VerbsEndpoint),
 }
@@ -74,7 +94,7 @@ pub enum SubEndpoint {
 #[rkyv(derive(Debug))]
 pub enum PubEndpoint {
     /// A file under the shared-memory directory, and the byte offset of the credit word.
-    Shm { credit_path: String, offset: u64 },
+    Shm(ShmCredit),
     /// A verbs queue pair and the registered credit word.
     Verbs(VerbsEndpoint),
 }
@@ -297,16 +317,14 @@ impl ControlMsg {
                 text("client name", &h.client_name, MAX_TEXT_LEN)
             }
             Self::Auth(a) => match &a.endpoint {
-                SubEndpoint::Shm { ring_path, cq_path } => {
-                    text("ring path", ring_path, MAX_PATH_LEN)?;
-                    text("completion queue path", cq_path, MAX_PATH_LEN)
+                SubEndpoint::Shm(r) => {
+                    text("ring path", &r.ring_path, MAX_PATH_LEN)?;
+                    text("completion queue path", &r.cq_path, MAX_PATH_LEN)
                 }
                 SubEndpoint::Verbs(_) => Ok(()),
             },
             Self::Welcome(w) => match &w.endpoint {
-                PubEndpoint::Shm { credit_path, .. } => {
-                    text("credit path", credit_path, MAX_PATH_LEN)
-                }
+                PubEndpoint::Shm(c) => text("credit path", &c.path, MAX_PATH_LEN),
                 PubEndpoint::Verbs(_) => Ok(()),
             },
             Self::Reject(r) => text("reject message", &r.message, MAX_TEXT_LEN),
@@ -429,10 +447,10 @@ mod tests {
                     slots: 64,
                     slot_size: 128,
                 },
-                endpoint: SubEndpoint::Shm {
+                endpoint: SubEndpoint::Shm(ShmRing {
                     ring_path: "/dev/shm/rdmabus-r".into(),
                     cq_path: "/dev/shm/rdmabus-c".into(),
-                },
+                }),
             }),
             ControlMsg::Auth(Auth {
                 proof: [3; 32],
@@ -446,10 +464,10 @@ mod tests {
                 subscriber_id: 9,
                 heartbeat_ms: 100,
                 next_seq: u64::MAX,
-                endpoint: PubEndpoint::Shm {
-                    credit_path: "/dev/shm/rdmabus-x".into(),
+                endpoint: PubEndpoint::Shm(ShmCredit {
+                    path: "/dev/shm/rdmabus-x".into(),
                     offset: 64,
-                },
+                }),
             }),
             ControlMsg::Reject(Reject::new(RejectCode::AuthFailed, "nope")),
             ControlMsg::Heartbeat(Heartbeat { sent_ns: 1 }),

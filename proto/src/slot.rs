@@ -32,13 +32,23 @@ const _: () = assert!(HEADER_LEN == 32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderError {
     /// `len` is larger than the slot can hold.
-    LengthOutOfBounds { len: u32, capacity: usize },
+    LengthOutOfBounds {
+        /// Length in the header.
+        len: u32,
+        /// Payload bytes the slot holds.
+        capacity: usize,
+    },
     /// A flag bit this version does not know.
     UnknownFlags(u32),
     /// `dropped_before` and `FLAG_DROPPED_BEFORE` disagree.
     InconsistentDropCount,
     /// The low 32 bits of `seq` differ from the completion's immediate.
-    ImmediateMismatch { imm: u32, seq: u64 },
+    ImmediateMismatch {
+        /// The completion's immediate.
+        imm: u32,
+        /// The header's sequence.
+        seq: u64,
+    },
 }
 
 impl core::fmt::Display for HeaderError {

@@ -184,7 +184,7 @@ fn handshake(
         reply: Some(r),
     })?;
     let (ring_path, cq_path) = match &auth_msg.endpoint {
-        SubEndpoint::Shm { ring_path, cq_path } => (ring_path, cq_path),
+        SubEndpoint::Shm(r) => (&r.ring_path, &r.cq_path),
         SubEndpoint::Verbs(_) => {
             return Err(Refusal::reject(
                 RejectCode::TransportUnsupported,
@@ -203,10 +203,10 @@ fn handshake(
         subscriber_id: id,
         heartbeat_ms: node.heartbeat.as_millis() as u32,
         next_seq: topic.next_seq.load(Ordering::Relaxed),
-        endpoint: PubEndpoint::Shm {
-            credit_path: ring.credit_path(),
+        endpoint: PubEndpoint::Shm(ShmCredit {
+            path: ring.credit_path(),
             offset: 0,
-        },
+        }),
     }))
     .map_err(|e| Refusal::silent(format!("sending Welcome: {e}")))?;
     // The subscriber's first heartbeat says it mapped the credit file.

@@ -121,7 +121,7 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
             slots: geometry.slots(),
             slot_size: geometry.slot_size(),
         },
-        endpoint: SubEndpoint::Shm { ring_path, cq_path },
+        endpoint: SubEndpoint::Shm(ShmRing { ring_path, cq_path }),
     }))?;
     let welcome = match expect(&mut fs, p.timeout, "Welcome")? {
         ControlMsg::Welcome(w) => w,
@@ -133,12 +133,9 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
         }
     };
     match &welcome.endpoint {
-        PubEndpoint::Shm {
-            credit_path,
-            offset,
-        } => {
-            check_shm_path(credit_path, &crate::shm::shm_dir()).map_err(Error::Protocol)?;
-            local.attach_credit(Path::new(credit_path), *offset, 0)?;
+        PubEndpoint::Shm(c) => {
+            check_shm_path(&c.path, &crate::shm::shm_dir()).map_err(Error::Protocol)?;
+            local.attach_credit(Path::new(&c.path), c.offset, 0)?;
         }
         PubEndpoint::Verbs(_) => {
             return Err(Error::Protocol(

@@ -12,6 +12,7 @@ pub struct ShmLocalRing {
     ring: ShmRegion,
     cq: CompletionQueue,
     credit: Option<ShmRegion>,
+    credit_offset: usize,
     geometry: RingGeometry,
 }
 
@@ -24,6 +25,7 @@ impl ShmLocalRing {
             ring,
             cq,
             credit: None,
+            credit_offset: 0,
             geometry,
         })
     }
@@ -45,6 +47,7 @@ impl ShmLocalRing {
         }
         credit.atomic_u64(offset).store(start, Ordering::Release);
         self.credit = Some(credit);
+        self.credit_offset = offset;
         self.ring.unlink();
         self.cq.region_mut().unlink();
         Ok(())
@@ -74,7 +77,8 @@ impl LocalRing for ShmLocalRing {
     #[inline]
     fn return_credit(&mut self, consumed: u64) -> Result<(), Error> {
         if let Some(c) = &self.credit {
-            c.atomic_u64(0).store(consumed, Ordering::Release);
+            c.atomic_u64(self.credit_offset)
+                .store(consumed, Ordering::Release);
         }
         Ok(())
     }
