@@ -22,60 +22,43 @@ fn round_trip(c: &mut Criterion) {
         .max_payload(96)
         .build()
         .unwrap();
-    let mut checked = Subscriber::<Quote>::builder(node.local_addr(), "q")
-        .psk(psk())
-        .slots(1024)
-        .connect()
-        .unwrap();
-    publisher
-        .wait_for_subscribers(1, Duration::from_secs(5))
-        .unwrap();
-
     let mut g = c.benchmark_group("shm_quote");
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
-    g.bench_function("serialize_send_poll_access/validated", |b| {
-        b.iter(|| {
-            i += 1;
-            publisher
-                .loan()
-                .unwrap()
-                .write(&Quote::synthetic(i))
-                .unwrap()
-                .send()
-                .unwrap();
-            match checked.recv().unwrap() {
-                Event::Message(m) => black_box(m.bid_px.to_native()),
-                Event::Gap { .. } => unreachable!(),
-            }
-        })
-    });
-    drop(checked);
-    let mut unchecked = Subscriber::<Quote>::builder(node.local_addr(), "q")
-        .psk(psk())
-        .slots(1024)
-        .unchecked()
-        .connect()
-        .unwrap();
-    publisher
-        .wait_for_subscribers(1, Duration::from_secs(5))
-        .unwrap();
-    g.bench_function("serialize_send_poll_access/unchecked", |b| {
-        b.iter(|| {
-            i += 1;
-            publisher
-                .loan()
-                .unwrap()
-                .write(&Quote::synthetic(i))
-                .unwrap()
-                .send()
-                .unwrap();
-            match unchecked.recv().unwrap() {
-                Event::Message(m) => black_box(m.bid_px.to_native()),
-                Event::Gap { .. } => unreachable!(),
-            }
-        })
-    });
+    for checked in [true, false] {
+        let mut b = Subscriber::<Quote>::builder(node.local_addr(), "q")
+            .psk(psk())
+            .slots(1024);
+        if !checked {
+            b = b.unchecked();
+        }
+        let mut sub = b.connect().unwrap();
+        publisher
+            .wait_for_subscribers(1, Duration::from_secs(5))
+            .unwrap();
+        let name = if checked { "validated" } else { "unchecked" };
+        g.bench_function(format!("serialize_send_poll_access/{name}"), |b| {
+            b.iter(|| {
+                i += 1;
+                publisher
+                    .loan()
+                    .unwrap()
+                    .write(&Quote::synthetic(i))
+                    .unwrap()
+                    .send()
+                    .unwrap();
+                match sub.recv().unwrap() {
+                    Event::Message(m) => black_box(m.bid_px.to_native()),
+                    Event::Gap { .. } => unreachable!(),
+                }
+            })
+        });
+        drop(sub);
+        // Let the publisher see the departure before the next subscriber joins.
+        while publisher.subscriber_count() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     g.finish();
 }
 

@@ -51,6 +51,35 @@ fn hello(topic: &str, nonce: [u8; 32]) -> ControlMsg {
     })
 }
 
+/// A raw client with the right key that announces `ring` at `ring_path`; returns the refusal.
+fn authenticated_auth(addr: SocketAddr, ring: RingDescriptor, ring_path: &str) -> Reject {
+    let mut fs = raw(addr);
+    let nonce = [5u8; 32];
+    fs.send(&hello("quotes", nonce)).unwrap();
+    let ControlMsg::Challenge(c) = fs.recv_within(Duration::from_secs(5), "Challenge").unwrap()
+    else {
+        panic!("no Challenge")
+    };
+    let proof = auth::proof(
+        psk().bytes(),
+        Role::Subscriber,
+        &nonce,
+        &c.server_nonce,
+        "quotes",
+    );
+    let endpoint = SubEndpoint::Shm(ShmRing {
+        ring_path: ring_path.into(),
+        cq_path: "/dev/shm/rdmabus-y".into(),
+    });
+    fs.send(&ControlMsg::Auth(Auth {
+        proof,
+        ring,
+        endpoint,
+    }))
+    .unwrap();
+    expect_reject(&mut fs)
+}
+
 fn expect_reject(fs: &mut FramedStream) -> Reject {
     match fs.recv_within(Duration::from_secs(5), "Reject").unwrap() {
         ControlMsg::Reject(r) => r,
@@ -224,29 +253,11 @@ fn geometry_out_of_bounds() {
         (8, 64, "smaller than the publisher's slot size"),
         (1 << 20, 1 << 20, "exceeds"),
     ] {
-        let mut fs = raw(node.local_addr());
-        let nonce = [5u8; 32];
-        fs.send(&hello("quotes", nonce)).unwrap();
-        let ControlMsg::Challenge(c) = fs.recv_within(Duration::from_secs(5), "Challenge").unwrap()
-        else {
-            panic!()
-        };
-        fs.send(&ControlMsg::Auth(Auth {
-            proof: auth::proof(
-                psk().bytes(),
-                Role::Subscriber,
-                &nonce,
-                &c.server_nonce,
-                "quotes",
-            ),
-            ring: RingDescriptor { slots, slot_size },
-            endpoint: SubEndpoint::Shm(ShmRing {
-                ring_path: "/dev/shm/rdmabus-x".into(),
-                cq_path: "/dev/shm/rdmabus-y".into(),
-            }),
-        }))
-        .unwrap();
-        let r = expect_reject(&mut fs);
+        let r = authenticated_auth(
+            node.local_addr(),
+            RingDescriptor { slots, slot_size },
+            "/dev/shm/rdmabus-x",
+        );
         assert_eq!(r.code, RejectCode::BadGeometry);
         assert!(r.message.contains(want), "{}", r.message);
         assert!(rejection(&node).contains("BadGeometry"));
@@ -256,32 +267,14 @@ fn geometry_out_of_bounds() {
 #[test]
 fn endpoint_outside_the_shared_memory_directory() {
     let (node, _p) = node_with_quotes();
-    let mut fs = raw(node.local_addr());
-    let nonce = [6u8; 32];
-    fs.send(&hello("quotes", nonce)).unwrap();
-    let ControlMsg::Challenge(c) = fs.recv_within(Duration::from_secs(5), "Challenge").unwrap()
-    else {
-        panic!()
-    };
-    fs.send(&ControlMsg::Auth(Auth {
-        proof: auth::proof(
-            psk().bytes(),
-            Role::Subscriber,
-            &nonce,
-            &c.server_nonce,
-            "quotes",
-        ),
-        ring: RingDescriptor {
+    let r = authenticated_auth(
+        node.local_addr(),
+        RingDescriptor {
             slots: 8,
             slot_size: 1024,
         },
-        endpoint: SubEndpoint::Shm(ShmRing {
-            ring_path: "/etc/passwd".into(),
-            cq_path: "/dev/shm/rdmabus-y".into(),
-        }),
-    }))
-    .unwrap();
-    let r = expect_reject(&mut fs);
+        "/etc/passwd",
+    );
     assert_eq!(r.code, RejectCode::BadEndpoint);
     assert!(r.message.contains("/etc/passwd"), "{}", r.message);
 }

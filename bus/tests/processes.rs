@@ -10,6 +10,18 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A publisher of quotes under `policy`, on a node with fast heartbeats.
+fn quotes(policy: Policy) -> (Node, rdmabus::Publisher<Quote>) {
+    let node = node();
+    let p = node
+        .publisher::<Quote>("quotes")
+        .policy(policy)
+        .max_payload(96)
+        .build()
+        .unwrap();
+    (node, p)
+}
+
 fn node() -> Node {
     Node::builder()
         .psk(psk())
@@ -27,19 +39,12 @@ fn publish(p: &mut rdmabus::Publisher<Quote>, n: u64) {
 
 #[test]
 fn order_and_content_across_ring_and_sequence_wrap() {
-    let node = node();
-    let mut p = node
-        .publisher::<Quote>("quotes")
-        .max_payload(96)
-        .build()
-        .unwrap();
+    let (node, mut p) = quotes(Policy::Block);
     let start = u64::MAX - 2_000;
     p.set_next_seq(start);
     let s = sub(
         node.local_addr(),
-        &[
-            "-t", "quotes", "--slots", "8", "--count", "5000", "--verify",
-        ],
+        "-t quotes --slots 8 --count 5000 --verify",
     );
     p.wait_for_subscribers(1, WAIT).unwrap();
     publish(&mut p, 5000);
@@ -63,23 +68,12 @@ fn order_and_content_across_ring_and_sequence_wrap() {
 
 #[test]
 fn fan_out_to_three_subscriber_processes() {
-    let node = node();
-    let mut p = node.publisher::<Quote>("quotes").build().unwrap();
+    let (node, mut p) = quotes(Policy::Block);
     let subs: Vec<_> = (0..3)
         .map(|i| {
             sub(
                 node.local_addr(),
-                &[
-                    "-t",
-                    "quotes",
-                    "--slots",
-                    "64",
-                    "--count",
-                    "3000",
-                    "--verify",
-                    "--name",
-                    &format!("s{i}"),
-                ],
+                &format!("-t quotes --slots 64 --count 3000 --verify --name s{i}"),
             )
         })
         .collect();
@@ -104,33 +98,14 @@ fn fan_out_to_three_subscriber_processes() {
 
 #[test]
 fn block_never_loses_with_a_slow_subscriber() {
-    let node = node();
-    let mut p = node
-        .publisher::<Quote>("quotes")
-        .policy(Policy::Block)
-        .build()
-        .unwrap();
+    let (node, mut p) = quotes(Policy::Block);
     let slow = sub(
         node.local_addr(),
-        &[
-            "-t",
-            "quotes",
-            "--slots",
-            "8",
-            "--count",
-            "2000",
-            "--verify",
-            "--delay-us",
-            "100",
-            "--name",
-            "slow",
-        ],
+        "-t quotes --slots 8 --count 2000 --verify --delay-us 100 --name slow",
     );
     let fast = sub(
         node.local_addr(),
-        &[
-            "-t", "quotes", "--count", "2000", "--verify", "--name", "fast",
-        ],
+        "-t quotes --count 2000 --verify --name fast",
     );
     p.wait_for_subscribers(2, WAIT).unwrap();
     publish(&mut p, 2000);
@@ -159,27 +134,10 @@ fn block_never_loses_with_a_slow_subscriber() {
 
 #[test]
 fn drop_reports_exactly_the_lost_sequences() {
-    let node = node();
-    let mut p = node
-        .publisher::<Quote>("quotes")
-        .policy(Policy::Drop)
-        .build()
-        .unwrap();
+    let (node, mut p) = quotes(Policy::Drop);
     let slow = sub(
         node.local_addr(),
-        &[
-            "-t",
-            "quotes",
-            "--slots",
-            "8",
-            "--count",
-            "3001",
-            "--verify",
-            "--delay-us",
-            "50",
-            "--name",
-            "slow",
-        ],
+        "-t quotes --slots 8 --count 3001 --verify --delay-us 50 --name slow",
     );
     p.wait_for_subscribers(1, WAIT).unwrap();
     publish(&mut p, 3000);
@@ -220,30 +178,14 @@ fn drop_reports_exactly_the_lost_sequences() {
 
 #[test]
 fn disconnect_cuts_only_the_slow_subscriber() {
-    let node = node();
-    let mut p = node
-        .publisher::<Quote>("quotes")
-        .policy(Policy::Disconnect)
-        .build()
-        .unwrap();
+    let (node, mut p) = quotes(Policy::Disconnect);
     let slow = sub(
         node.local_addr(),
-        &[
-            "-t",
-            "quotes",
-            "--slots",
-            "8",
-            "--delay-us",
-            "500",
-            "--name",
-            "slow",
-        ],
+        "-t quotes --slots 8 --delay-us 500 --name slow",
     );
     let fast = sub(
         node.local_addr(),
-        &[
-            "-t", "quotes", "--slots", "4096", "--count", "3000", "--verify", "--name", "fast",
-        ],
+        "-t quotes --slots 4096 --count 3000 --verify --name fast",
     );
     p.wait_for_subscribers(2, WAIT).unwrap();
     publish(&mut p, 3000);
@@ -275,31 +217,15 @@ fn disconnect_cuts_only_the_slow_subscriber() {
 
 #[test]
 fn killed_subscriber_is_removed_without_disturbing_others() {
-    let node = node();
-    let mut p = node
-        .publisher::<Quote>("quotes")
-        .policy(Policy::Block)
-        .build()
-        .unwrap();
+    let (node, mut p) = quotes(Policy::Block);
     // The victim is slow, so the publisher is blocked on it when it dies.
     let mut victim = sub(
         node.local_addr(),
-        &[
-            "-t",
-            "quotes",
-            "--slots",
-            "8",
-            "--delay-us",
-            "2000",
-            "--name",
-            "victim",
-        ],
+        "-t quotes --slots 8 --delay-us 2000 --name victim",
     );
     let other = sub(
         node.local_addr(),
-        &[
-            "-t", "quotes", "--count", "3000", "--verify", "--name", "other",
-        ],
+        "-t quotes --count 3000 --verify --name other",
     );
     p.wait_for_subscribers(2, WAIT).unwrap();
     let pid = victim.pid();
@@ -341,7 +267,7 @@ fn killed_subscriber_is_removed_without_disturbing_others() {
 
 #[test]
 fn killed_publisher_is_reported_to_its_subscribers() {
-    let (mut publisher, addr) = publisher(&["-t", "quotes", "--rate", "2000", "--seconds", "60"]);
+    let (mut publisher, addr) = publisher("-t quotes --rate 2000 --seconds 60");
     let mut s = Subscriber::<Quote>::builder(addr, "quotes")
         .psk(psk())
         .connect()
@@ -384,16 +310,8 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn frozen_subscriber_is_declared_lost_by_heartbeat_and_unblocks_the_publisher() {
-    let node = node();
-    let mut p = node
-        .publisher::<Quote>("quotes")
-        .policy(Policy::Block)
-        .build()
-        .unwrap();
-    let frozen = sub(
-        node.local_addr(),
-        &["-t", "quotes", "--slots", "8", "--name", "frozen"],
-    );
+    let (node, mut p) = quotes(Policy::Block);
+    let frozen = sub(node.local_addr(), "-t quotes --slots 8 --name frozen");
     p.wait_for_subscribers(1, WAIT).unwrap();
     // Stopped, not killed: its TCP connection stays open, only the heartbeats stop.
     signal(frozen.pid(), "-STOP");
@@ -415,7 +333,7 @@ fn frozen_subscriber_is_declared_lost_by_heartbeat_and_unblocks_the_publisher() 
 
 #[test]
 fn frozen_publisher_is_declared_lost_by_heartbeat() {
-    let (publisher, addr) = publisher(&["-t", "quotes", "--rate", "1000", "--seconds", "60"]);
+    let (publisher, addr) = publisher("-t quotes --rate 1000 --seconds 60");
     let mut s = Subscriber::<Quote>::builder(addr, "quotes")
         .psk(psk())
         .connect()

@@ -65,8 +65,9 @@ impl Proc {
     }
 }
 
-/// Starts `rdmabus sub --json` against `addr` with extra arguments.
-pub fn sub(addr: SocketAddr, args: &[&str]) -> Proc {
+/// Starts `rdmabus sub --json` against `addr` with extra arguments (split on spaces).
+pub fn sub(addr: SocketAddr, args: &str) -> Proc {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let child = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
         .args([
             "sub",
@@ -85,11 +86,13 @@ pub fn sub(addr: SocketAddr, args: &[&str]) -> Proc {
     Proc(Some(child))
 }
 
-/// Starts `rdmabus pub` on an ephemeral port and returns it with the address it printed.
-pub fn publisher(args: &[&str]) -> (Proc, SocketAddr) {
+/// Starts `rdmabus pub` on an ephemeral port (extra arguments split on spaces) and returns it
+/// with the address it printed.
+pub fn publisher(args: &str) -> (Proc, SocketAddr) {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
         .args(["pub", "--listen", "127.0.0.1:0"])
-        .args(args)
+        .args(&args)
         .env("RDMABUS_PSK", KEY)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

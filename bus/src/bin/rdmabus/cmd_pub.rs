@@ -18,7 +18,7 @@ pub struct PubArgs {
     )]
     pub listen: String,
     /// Topics to publish (quotes, trades, books); repeat for several.
-    #[arg(long = "topic", short = 't', default_values_t = ["quotes".to_string(), "trades".to_string()], value_parser = parse_topic)]
+    #[arg(long = "topic", short = 't', default_values_t = ["quotes".to_string(), "trades".to_string()], value_parser = topics::parse)]
     pub topics: Vec<String>,
     /// Messages per second over all topics (0: as fast as the subscribers allow).
     #[arg(long, default_value_t = 10_000)]
@@ -43,10 +43,6 @@ pub struct PubArgs {
     pub json: bool,
     #[command(flatten)]
     pub key: KeyArgs,
-}
-
-fn parse_topic(s: &str) -> Result<String, String> {
-    topics::check(s).map(|_| s.to_string())
 }
 
 /// Paces a loop at `rate` iterations per second (0: unpaced).

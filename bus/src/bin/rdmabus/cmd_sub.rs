@@ -15,7 +15,7 @@ pub struct SubArgs {
     #[arg(long, short = 'c', value_name = "HOST:PORT")]
     pub connect: String,
     /// Topic to subscribe to (quotes, trades or books); repeat for several.
-    #[arg(long = "topic", short = 't', required = true, value_parser = parse_topic)]
+    #[arg(long = "topic", short = 't', required = true, value_parser = topics::parse)]
     pub topics: Vec<String>,
     /// Stop after this many sequences per topic (received or lost).
     #[arg(long)]
@@ -49,10 +49,6 @@ pub struct SubArgs {
     pub json: bool,
     #[command(flatten)]
     pub key: KeyArgs,
-}
-
-fn parse_topic(s: &str) -> Result<String, String> {
-    topics::check(s).map(|_| s.to_string())
 }
 
 trait TopicReader {

@@ -21,6 +21,11 @@ pub fn check(name: &str) -> Result<(), String> {
     }
 }
 
+/// Parses a topic name given on the command line.
+pub fn parse(s: &str) -> Result<String, String> {
+    check(s).map(|_| s.to_string())
+}
+
 /// A publisher of one of the CLI's topics.
 pub enum AnyPublisher {
     Quotes(Publisher<Quote>),
