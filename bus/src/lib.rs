@@ -33,6 +33,7 @@ pub mod shm;
 mod stats;
 mod subscriber;
 mod transport;
+pub mod verbs;
 
 pub use control::node::{Node, NodeBuilder, NodeEvent};
 pub use error::Error;

@@ -92,6 +92,11 @@ impl<T: Message> PublisherBuilder<T> {
             .map_err(|e| Error::Config(format!("staging ring: {e}")))?;
         let memory = MmapMut::map_anon(staging.ring_bytes())
             .map_err(|e| Error::io("allocating the staging ring", e))?;
+        let staging_info = crate::verbs::link::Staging {
+            addr: memory.as_ptr() as usize,
+            len: memory.len(),
+            slot_size: slot_size as usize,
+        };
         let topic = Arc::new(TopicShared {
             name: self.topic.clone(),
             schema: std::any::type_name::<T>(),
@@ -100,6 +105,7 @@ impl<T: Message> PublisherBuilder<T> {
             next_id: AtomicU32::new(1),
             has_pending: Default::default(),
             pending: Mutex::new(Vec::new()),
+            staging: staging_info,
         });
         {
             let mut topics = self.node.topics.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,14 +118,14 @@ impl<T: Message> PublisherBuilder<T> {
             topics.insert(self.topic.clone(), topic.clone());
         }
         Ok(Publisher {
+            links: Vec::new(),
+            departed: Vec::new(),
             node: self.node,
             topic,
             staging,
             memory,
             staging_pos: 0,
             next_seq: 0,
-            links: Vec::new(),
-            departed: Vec::new(),
             policy: self.policy,
             idle: self.idle,
             published: 0,
@@ -163,14 +169,15 @@ impl Link {
 /// Hot path: [`loan`](Self::loan) → [`Loan::write`] (serialize in place) → [`Written::send`].
 /// None of them allocates or takes a lock once subscribers are connected.
 pub struct Publisher<T> {
+    // Links go first: fields drop in order, and links may have the staging memory registered.
+    links: Vec<Link>,
+    departed: Vec<SubscriberInfo>,
     node: Arc<NodeShared>,
     topic: Arc<TopicShared>,
     staging: RingGeometry,
     memory: MmapMut,
     staging_pos: u64,
     next_seq: u64,
-    links: Vec<Link>,
-    departed: Vec<SubscriberInfo>,
     policy: Policy,
     idle: IdleStrategy,
     published: u64,
@@ -252,7 +259,15 @@ impl<T: Message> Publisher<T> {
     /// Lends the next staging slot.
     #[inline]
     pub fn loan(&mut self) -> Result<Loan<'_, T>, Error> {
-        let offset = self.staging.offset(self.staging_pos);
+        let index = self.staging.index(self.staging_pos);
+        // A transport that reads the staging slot asynchronously must be done with it.
+        for link in &mut self.links {
+            if let Err(e) = link.ring.reclaim(index) {
+                link.state
+                    .close_locally(GoodbyeReason::Error, format!("transport error: {e}"));
+            }
+        }
+        let offset = self.staging.offset_of_index(index);
         self.staging_pos = self.staging_pos.wrapping_add(1);
         Ok(Loan {
             publisher: self,

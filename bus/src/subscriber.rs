@@ -32,10 +32,32 @@ pub struct SubscriberBuilder<T> {
     checked: bool,
     idle: IdleStrategy,
     timeout: Duration,
+    bind: Option<std::net::IpAddr>,
+    device: Option<String>,
+    gid_index: Option<u8>,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: Message> SubscriberBuilder<T> {
+    /// Local address for the control connection (and so, over verbs, the RDMA interface
+    /// whose GID is picked). Default: whatever the route to the publisher chooses.
+    pub fn bind(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind = Some(ip);
+        self
+    }
+
+    /// RDMA device to use over verbs (default: the one whose GID is the local address).
+    pub fn device(mut self, name: impl Into<String>) -> Self {
+        self.device = Some(name.into());
+        self
+    }
+
+    /// GID index to use over verbs (default: the RoCE v2 GID of the local address).
+    pub fn gid_index(mut self, index: u8) -> Self {
+        self.gid_index = Some(index);
+        self
+    }
+
     /// Ring slots (power of two, default 1024).
     pub fn slots(mut self, n: u32) -> Self {
         self.slots = n;
@@ -101,6 +123,9 @@ impl<T: Message> SubscriberBuilder<T> {
             slot_size: self.slot_size,
             name: &self.name,
             timeout: self.timeout,
+            bind: self.bind,
+            device: self.device.as_deref(),
+            gid_index: self.gid_index,
         })?;
         Ok(Subscriber {
             local: c.local,
@@ -224,6 +249,9 @@ impl<T: Message> Subscriber<T> {
             checked: true,
             idle: IdleStrategy::BusySpin,
             timeout: Duration::from_secs(5),
+            bind: None,
+            device: None,
+            gid_index: None,
             _t: PhantomData,
         }
     }

@@ -40,6 +40,16 @@ pub trait RemoteRing: Send {
 
     /// The consumed position the subscriber last wrote into this link's credit word.
     fn consumed(&self) -> u64;
+
+    /// Waits until no posted write still reads staging slot `staging_slot`, so it can be
+    /// reused. Transports that copy synchronously have nothing to wait for.
+    fn reclaim(&mut self, staging_slot: u32) -> Result<(), Error> {
+        let _ = staging_slot;
+        Ok(())
+    }
+
+    /// Called once the subscriber confirmed it is attached (its first heartbeat).
+    fn established(&mut self) {}
 }
 
 /// The subscriber's end: its ring, its completion queue and its credit writer.

@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 fn node_with_quotes() -> (Node, rdmabus::Publisher<Quote>) {
-    let node = Node::builder().psk(psk()).start().unwrap();
+    let node = common::node_builder(psk()).start().unwrap();
     let p = node.publisher::<Quote>("quotes").build().unwrap();
     (node, p)
 }
@@ -173,6 +173,7 @@ fn wrong_version_from_a_publisher() {
     let addr = fake_publisher(reply);
     let err = Subscriber::<Quote>::builder(addr, "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .err()
         .unwrap();
@@ -194,6 +195,7 @@ fn garbage_from_a_publisher() {
     let addr = fake_publisher(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec());
     let err = Subscriber::<Quote>::builder(addr, "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .err()
         .unwrap();
@@ -205,6 +207,7 @@ fn unknown_topic() {
     let (node, _p) = node_with_quotes();
     let err = Subscriber::<Quote>::builder(node.local_addr(), "nope")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .err()
         .unwrap();
@@ -220,6 +223,7 @@ fn wrong_message_type() {
     let (node, _p) = node_with_quotes();
     let err = Subscriber::<Trade>::builder(node.local_addr(), "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .err()
         .unwrap();
@@ -236,6 +240,7 @@ fn geometry_out_of_bounds() {
     // Refused locally before anything is sent.
     let err = Subscriber::<Quote>::builder(node.local_addr(), "quotes")
         .psk(psk())
+        .transport(common::transport())
         .slots(3)
         .connect()
         .err()
@@ -343,6 +348,7 @@ fn a_refused_subscriber_does_not_disturb_a_connected_one() {
     let (node, mut p) = node_with_quotes();
     let mut good = Subscriber::<Quote>::builder(node.local_addr(), "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     p.wait_for_subscribers(1, Duration::from_secs(5)).unwrap();

@@ -1,7 +1,9 @@
 //! Publisher and subscriber in one process (threads): API behaviour that needs no second process.
 
+mod common;
+
 use rdmabus::proto::market::{BookUpdate, Quote};
-use rdmabus::{Error, Event, Node, Policy, Psk, Subscriber};
+use rdmabus::{Error, Event, Policy, Psk, Subscriber};
 use std::time::Duration;
 
 fn psk() -> Psk {
@@ -10,7 +12,7 @@ fn psk() -> Psk {
 
 #[test]
 fn order_and_content_across_ring_wrap_from_near_u64_max() {
-    let node = Node::builder().psk(psk()).start().unwrap();
+    let node = common::node_builder(psk()).start().unwrap();
     let mut publisher = node
         .publisher::<Quote>("q")
         .max_payload(64)
@@ -22,6 +24,7 @@ fn order_and_content_across_ring_wrap_from_near_u64_max() {
     let reader = std::thread::spawn(move || {
         let mut sub = Subscriber::<Quote>::builder(addr, "q")
             .psk(psk())
+            .transport(common::transport())
             .slots(8)
             .connect()
             .unwrap();
@@ -52,7 +55,7 @@ fn order_and_content_across_ring_wrap_from_near_u64_max() {
 
 #[test]
 fn corrupted_archive_is_rejected_and_the_stream_goes_on() {
-    let node = Node::builder().psk(psk()).start().unwrap();
+    let node = common::node_builder(psk()).start().unwrap();
     let mut publisher = node
         .publisher::<BookUpdate>("books")
         .policy(Policy::Block)
@@ -60,6 +63,7 @@ fn corrupted_archive_is_rejected_and_the_stream_goes_on() {
         .unwrap();
     let mut sub = Subscriber::<BookUpdate>::builder(node.local_addr(), "books")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     publisher
@@ -101,7 +105,7 @@ fn corrupted_archive_is_rejected_and_the_stream_goes_on() {
 
 #[test]
 fn oversized_message_is_refused_before_sending() {
-    let node = Node::builder().psk(psk()).start().unwrap();
+    let node = common::node_builder(psk()).start().unwrap();
     let mut publisher = node
         .publisher::<BookUpdate>("small")
         .slot_size(128)
@@ -118,10 +122,11 @@ fn oversized_message_is_refused_before_sending() {
 
 #[test]
 fn publisher_drop_is_reported_after_the_ring_drains() {
-    let node = Node::builder().psk(psk()).start().unwrap();
+    let node = common::node_builder(psk()).start().unwrap();
     let mut publisher = node.publisher::<Quote>("bye").build().unwrap();
     let mut sub = Subscriber::<Quote>::builder(node.local_addr(), "bye")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     publisher
@@ -149,8 +154,8 @@ fn publisher_drop_is_reported_after_the_ring_drains() {
 #[test]
 fn several_topics_per_node_and_several_nodes_per_process() {
     use rdmabus::proto::market::Trade;
-    let a = Node::builder().psk(psk()).start().unwrap();
-    let b = Node::builder().psk(psk()).start().unwrap();
+    let a = common::node_builder(psk()).start().unwrap();
+    let b = common::node_builder(psk()).start().unwrap();
     let mut qa = a.publisher::<Quote>("quotes").build().unwrap();
     let mut ta = a.publisher::<Trade>("trades").build().unwrap();
     let mut qb = b.publisher::<Quote>("quotes").build().unwrap();
@@ -160,14 +165,17 @@ fn several_topics_per_node_and_several_nodes_per_process() {
     );
     let mut sqa = Subscriber::<Quote>::builder(a.local_addr(), "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     let mut sta = Subscriber::<Trade>::builder(a.local_addr(), "trades")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     let mut sqb = Subscriber::<Quote>::builder(b.local_addr(), "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     for p in [&mut qa, &mut qb] {

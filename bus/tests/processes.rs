@@ -23,8 +23,7 @@ fn quotes(policy: Policy) -> (Node, rdmabus::Publisher<Quote>) {
 }
 
 fn node() -> Node {
-    Node::builder()
-        .psk(psk())
+    common::node_builder(psk())
         .heartbeat(Duration::from_millis(50))
         .start()
         .unwrap()
@@ -270,6 +269,7 @@ fn killed_publisher_is_reported_to_its_subscribers() {
     let (mut publisher, addr) = publisher("-t quotes --rate 2000 --seconds 60");
     let mut s = Subscriber::<Quote>::builder(addr, "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     for _ in 0..100 {
@@ -336,6 +336,7 @@ fn frozen_publisher_is_declared_lost_by_heartbeat() {
     let (publisher, addr) = publisher("-t quotes --rate 1000 --seconds 60");
     let mut s = Subscriber::<Quote>::builder(addr, "quotes")
         .psk(psk())
+        .transport(common::transport())
         .connect()
         .unwrap();
     assert!(s.recv_timeout(WAIT).unwrap().is_some());

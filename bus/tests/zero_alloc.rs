@@ -2,8 +2,10 @@
 //! every allocation made by this thread while the loan → serialize → send → poll → access loop
 //! runs (control threads allocate for heartbeats; they are not the hot path and not counted).
 
+mod common;
+
 use rdmabus::proto::market::{BookUpdate, Quote};
-use rdmabus::{Event, Node, Policy, Psk, Subscriber};
+use rdmabus::{Event, Policy, Psk, Subscriber};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
@@ -67,7 +69,7 @@ fn counting_allocator_sees_allocations() {
 
 #[test]
 fn hot_path_allocates_nothing() {
-    let node = Node::builder().psk(psk()).start().unwrap();
+    let node = common::node_builder(psk()).start().unwrap();
     let mut quotes = node
         .publisher::<Quote>("q")
         .max_payload(96)
@@ -80,16 +82,19 @@ fn hot_path_allocates_nothing() {
         .unwrap();
     let mut qs = Subscriber::<Quote>::builder(node.local_addr(), "q")
         .psk(psk())
+        .transport(common::transport())
         .slots(64)
         .connect()
         .unwrap();
     let mut bs = Subscriber::<BookUpdate>::builder(node.local_addr(), "b")
         .psk(psk())
+        .transport(common::transport())
         .slots(64)
         .connect()
         .unwrap();
     let mut fast = Subscriber::<Quote>::builder(node.local_addr(), "q")
         .psk(psk())
+        .transport(common::transport())
         .slots(64)
         .unchecked()
         .connect()

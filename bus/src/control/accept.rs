@@ -5,6 +5,8 @@ use super::node::{NewLink, NodeEvent, NodeShared, TopicShared};
 use super::session::{self, LinkState};
 use crate::shm::{shm_dir, ShmRemoteRing};
 use crate::stats::LinkCounters;
+use crate::transport::RemoteRing;
+use crate::verbs::{self, VerbsRemoteRing};
 use crate::Error;
 use rdmabus_proto::auth::{self, Role};
 use rdmabus_proto::frame::{FrameError, PROTOCOL_VERSION};
@@ -130,15 +132,6 @@ fn handshake(
             ),
         ));
     }
-    if hello.transport != TransportKind::Shm {
-        return Err(Refusal::reject(
-            RejectCode::TransportUnsupported,
-            format!(
-                "transport {:?} is not offered by this publisher (it offers: shm)",
-                hello.transport
-            ),
-        ));
-    }
     let mut server_nonce = [0u8; auth::PROOF_LEN];
     getrandom::getrandom(&mut server_nonce)
         .map_err(|e| Refusal::silent(format!("random source: {e}")))?;
@@ -183,33 +176,59 @@ fn handshake(
         reason: format!("{:?}: {}", r.code, r.message),
         reply: Some(r),
     })?;
-    let (ring_path, cq_path) = match &auth_msg.endpoint {
-        SubEndpoint::Shm(r) => (&r.ring_path, &r.cq_path),
-        SubEndpoint::Verbs(_) => {
-            return Err(Refusal::reject(
-                RejectCode::TransportUnsupported,
-                "verbs endpoint on a shm handshake",
-            ))
-        }
-    };
-    let dir = shm_dir();
-    for p in [ring_path, cq_path] {
-        check_shm_path(p, &dir).map_err(|m| Refusal::reject(RejectCode::BadEndpoint, m))?;
-    }
-    let mut ring = ShmRemoteRing::open(Path::new(ring_path), Path::new(cq_path), geometry)
-        .map_err(|e| Refusal::reject(RejectCode::BadEndpoint, e.to_string()))?;
     let id = topic.next_id.fetch_add(1, Ordering::Relaxed);
+    let (mut ring, endpoint): (Box<dyn RemoteRing>, PubEndpoint) =
+        match (&auth_msg.endpoint, hello.transport) {
+            (SubEndpoint::Shm(r), TransportKind::Shm) => {
+                let dir = shm_dir();
+                for p in [&r.ring_path, &r.cq_path] {
+                    check_shm_path(p, &dir)
+                        .map_err(|m| Refusal::reject(RejectCode::BadEndpoint, m))?;
+                }
+                let ring =
+                    ShmRemoteRing::open(Path::new(&r.ring_path), Path::new(&r.cq_path), geometry)
+                        .map_err(|e| Refusal::reject(RejectCode::BadEndpoint, e.to_string()))?;
+                let credit = PubEndpoint::Shm(ShmCredit {
+                    path: ring.credit_path(),
+                    offset: 0,
+                });
+                (Box::new(ring), credit)
+            }
+            (SubEndpoint::Verbs(ep), TransportKind::Verbs) => {
+                let local = fs
+                    .local_addr()
+                    .map_err(|e| Refusal::silent(e.to_string()))?
+                    .ip();
+                let choice =
+                    verbs::choose(node.device.as_deref(), node.gid_index, local).map_err(|e| {
+                        Refusal::reject(
+                            RejectCode::TransportUnsupported,
+                            format!("publisher side: {e}"),
+                        )
+                    })?;
+                let mut ring = VerbsRemoteRing::new(&choice, topic.staging, geometry, *ep)
+                    .map_err(|e| Refusal::reject(RejectCode::BadEndpoint, e.to_string()))?;
+                ring.connect()
+                    .map_err(|e| Refusal::reject(RejectCode::BadEndpoint, e.to_string()))?;
+                let credit = PubEndpoint::Verbs(ring.endpoint());
+                (Box::new(ring), credit)
+            }
+            (_, kind) => {
+                return Err(Refusal::reject(
+                    RejectCode::BadMessage,
+                    format!("endpoint does not match the {kind:?} transport"),
+                ))
+            }
+        };
     fs.send(&ControlMsg::Welcome(Welcome {
         subscriber_id: id,
         heartbeat_ms: node.heartbeat.as_millis() as u32,
         next_seq: topic.next_seq.load(Ordering::Relaxed),
-        endpoint: PubEndpoint::Shm(ShmCredit {
-            path: ring.credit_path(),
-            offset: 0,
-        }),
+        endpoint,
     }))
     .map_err(|e| Refusal::silent(format!("sending Welcome: {e}")))?;
-    // The subscriber's first heartbeat says it mapped the credit file.
+    // The subscriber's first heartbeat says it mapped the credit file (shm) or connected its
+    // queue pair (verbs); the shm credit file's name goes once both sides hold it.
     match expect(fs, "first Heartbeat")? {
         ControlMsg::Heartbeat(_) => {}
         other => {
@@ -219,7 +238,7 @@ fn handshake(
             ))
         }
     }
-    ring.unlink_credit();
+    ring.established();
     let name = if hello.client_name.is_empty() {
         format!("sub-{id}")
     } else {
@@ -228,7 +247,7 @@ fn handshake(
     let link = NewLink {
         id,
         name: name.clone(),
-        ring: Box::new(ring),
+        ring,
         geometry,
         state: LinkState::new(),
         counters: Arc::new(LinkCounters::default()),

@@ -4,11 +4,12 @@ use super::framed::FramedStream;
 use super::session::{self, LinkState};
 use crate::shm::ShmLocalRing;
 use crate::transport::LocalRing;
+use crate::verbs::{self, VerbsLocalRing};
 use crate::{Error, Psk, Transport};
 use rdmabus_proto::auth::{self, Role};
 use rdmabus_proto::handshake::*;
 use rdmabus_proto::RingGeometry;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,6 +26,9 @@ pub(crate) struct ConnectParams<'a> {
     pub slot_size: Option<u32>,
     pub name: &'a str,
     pub timeout: Duration,
+    pub bind: Option<IpAddr>,
+    pub device: Option<&'a str>,
+    pub gid_index: Option<u8>,
 }
 
 /// A subscription after a successful handshake.
@@ -34,6 +38,12 @@ pub(crate) struct Connected {
     pub welcome: Welcome,
     pub state: Arc<LinkState>,
     pub session: JoinHandle<()>,
+}
+
+/// The subscriber's ring before `Welcome`, per transport.
+enum Pending {
+    Shm(ShmLocalRing),
+    Verbs(Box<VerbsLocalRing>),
 }
 
 fn expect(fs: &mut FramedStream, timeout: Duration, what: &str) -> Result<ControlMsg, Error> {
@@ -46,14 +56,33 @@ fn expect(fs: &mut FramedStream, timeout: Duration, what: &str) -> Result<Contro
     }
 }
 
+fn tcp_connect(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, Error> {
+    let what = || format!("connecting to publisher at {addr}");
+    let Some(ip) = bind else {
+        return TcpStream::connect_timeout(&addr, timeout).map_err(|e| Error::io(what(), e));
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| Error::io(what(), e))?;
+    socket
+        .bind(&SocketAddr::new(ip, 0).into())
+        .map_err(|e| Error::io(format!("binding the control connection to {ip}"), e))?;
+    socket
+        .connect_timeout(&addr.into(), timeout)
+        .map_err(|e| Error::io(what(), e))?;
+    Ok(socket.into())
+}
+
 /// Connects, authenticates both ways, sets up the ring and starts heartbeats.
 pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
     check_topic(p.topic).map_err(Error::Config)?;
-    if p.transport != Transport::Shm {
-        return Err(Error::Config(
-            "the verbs transport is not built into this version yet; use shm".into(),
-        ));
-    }
     // Refuse a bad ring locally, before bothering the publisher.
     RingGeometry::new(
         p.slots,
@@ -61,16 +90,22 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
             .unwrap_or(rdmabus_proto::geometry::MIN_SLOT_SIZE),
     )
     .map_err(|e| Error::Config(format!("ring: {e}")))?;
-    let stream = TcpStream::connect_timeout(&p.addr, p.timeout)
-        .map_err(|e| Error::io(format!("connecting to publisher at {}", p.addr), e))?;
-    let mut fs = FramedStream::new(stream)?;
+    let mut fs = FramedStream::new(tcp_connect(p.addr, p.bind, p.timeout)?)?;
+    // Verbs: the device is the one whose GID is this connection's local address.
+    let choice = match p.transport {
+        Transport::Shm => None,
+        Transport::Verbs => Some(verbs::choose(p.device, p.gid_index, fs.local_addr()?.ip())?),
+    };
     let mut client_nonce = [0u8; auth::PROOF_LEN];
     getrandom::getrandom(&mut client_nonce)
         .map_err(|e| Error::Config(format!("random source: {e}")))?;
     fs.send(&ControlMsg::Hello(Hello {
         topic: p.topic.to_string(),
         schema: p.schema.to_string(),
-        transport: TransportKind::Shm,
+        transport: match p.transport {
+            Transport::Shm => TransportKind::Shm,
+            Transport::Verbs => TransportKind::Verbs,
+        },
         client_nonce,
         client_name: p.name.to_string(),
     }))?;
@@ -105,10 +140,31 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
         .slot_size
         .unwrap_or(challenge.slot_size)
         .max(challenge.slot_size);
-    let geometry =
-        RingGeometry::new(p.slots, slot_size).map_err(|e| Error::Config(format!("ring: {e}")))?;
-    let mut local = ShmLocalRing::create(geometry)?;
-    let (ring_path, cq_path) = local.paths();
+    let geometry = match RingGeometry::new(p.slots, slot_size) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = fs.send(&ControlMsg::Reject(Reject::new(
+                RejectCode::BadGeometry,
+                e.to_string(),
+            )));
+            return Err(Error::Config(format!("ring: {e}")));
+        }
+    };
+    let (mut pending, endpoint) = match &choice {
+        None => {
+            let local = ShmLocalRing::create(geometry)?;
+            let (ring_path, cq_path) = local.paths();
+            (
+                Pending::Shm(local),
+                SubEndpoint::Shm(ShmRing { ring_path, cq_path }),
+            )
+        }
+        Some(choice) => {
+            let local = VerbsLocalRing::create(choice, geometry)?;
+            let ep = local.endpoint();
+            (Pending::Verbs(Box::new(local)), SubEndpoint::Verbs(ep))
+        }
+    };
     fs.send(&ControlMsg::Auth(Auth {
         proof: auth::proof(
             key,
@@ -121,7 +177,7 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
             slots: geometry.slots(),
             slot_size: geometry.slot_size(),
         },
-        endpoint: SubEndpoint::Shm(ShmRing { ring_path, cq_path }),
+        endpoint,
     }))?;
     let welcome = match expect(&mut fs, p.timeout, "Welcome")? {
         ControlMsg::Welcome(w) => w,
@@ -132,23 +188,34 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
             )))
         }
     };
-    match &welcome.endpoint {
-        PubEndpoint::Shm(c) => {
-            check_shm_path(&c.path, &crate::shm::shm_dir()).map_err(Error::Protocol)?;
-            local.attach_credit(Path::new(&c.path), c.offset, 0)?;
-        }
-        PubEndpoint::Verbs(_) => {
-            return Err(Error::Protocol(
-                "verbs credit endpoint on a shm subscription".into(),
-            ))
-        }
-    }
     if welcome.heartbeat_ms == 0 || welcome.heartbeat_ms > 60_000 {
         return Err(Error::Protocol(format!(
             "heartbeat of {} ms out of bounds",
             welcome.heartbeat_ms
         )));
     }
+    let local: Box<dyn LocalRing> = match (&mut pending, &welcome.endpoint) {
+        (Pending::Shm(local), PubEndpoint::Shm(c)) => {
+            check_shm_path(&c.path, &crate::shm::shm_dir()).map_err(Error::Protocol)?;
+            local.attach_credit(Path::new(&c.path), c.offset, 0)?;
+            match pending {
+                Pending::Shm(l) => Box::new(l),
+                Pending::Verbs(_) => unreachable!(),
+            }
+        }
+        (Pending::Verbs(local), PubEndpoint::Verbs(ep)) => {
+            local.connect(ep)?;
+            match pending {
+                Pending::Verbs(l) => l,
+                Pending::Shm(_) => unreachable!(),
+            }
+        }
+        _ => {
+            return Err(Error::Protocol(
+                "the publisher answered with another transport's endpoint".into(),
+            ))
+        }
+    };
     // Ready: the publisher adopts the link when it sees this.
     fs.send(&ControlMsg::Heartbeat(Heartbeat {
         sent_ns: crate::clock::now_ns(),
@@ -162,7 +229,7 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
         format!("{}/{}", p.topic, p.name),
     );
     Ok(Connected {
-        local: Box::new(local),
+        local,
         geometry,
         welcome,
         state,

@@ -38,6 +38,13 @@ impl FramedStream {
         self.peer
     }
 
+    /// This side's address (the interface the connection uses).
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.stream
+            .local_addr()
+            .map_err(|e| Error::io("reading local address", e))
+    }
+
     /// Sends one message.
     pub fn send(&mut self, msg: &ControlMsg) -> Result<(), Error> {
         self.send_raw(&msg.encode())

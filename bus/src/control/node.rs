@@ -57,6 +57,7 @@ pub(crate) struct TopicShared {
     pub next_id: AtomicU32,
     pub has_pending: AtomicBool,
     pub pending: Mutex<Vec<NewLink>>,
+    pub staging: crate::verbs::link::Staging,
 }
 
 /// State shared by the node's threads and its publishers.
@@ -67,6 +68,8 @@ pub(crate) struct NodeShared {
     pub topics: Mutex<HashMap<String, Arc<TopicShared>>>,
     pub shutdown: AtomicBool,
     pub events: Mutex<VecDeque<NodeEvent>>,
+    pub device: Option<String>,
+    pub gid_index: Option<u8>,
 }
 
 impl NodeShared {
@@ -104,6 +107,8 @@ pub struct NodeBuilder {
     bind: Option<String>,
     psk: Option<Psk>,
     heartbeat: Duration,
+    device: Option<String>,
+    gid_index: Option<u8>,
 }
 
 impl NodeBuilder {
@@ -122,6 +127,19 @@ impl NodeBuilder {
     /// Heartbeat interval (default 200 ms; a peer silent for 5 intervals is declared lost).
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
+        self
+    }
+
+    /// RDMA device for verbs subscribers (default: the one whose RoCE v2 GID is the address
+    /// the subscriber connected to).
+    pub fn device(mut self, name: impl Into<String>) -> Self {
+        self.device = Some(name.into());
+        self
+    }
+
+    /// GID index for verbs subscribers (default: the RoCE v2 GID of the connection's address).
+    pub fn gid_index(mut self, index: u8) -> Self {
+        self.gid_index = Some(index);
         self
     }
 
@@ -153,6 +171,8 @@ impl NodeBuilder {
             topics: Mutex::new(HashMap::new()),
             shutdown: AtomicBool::new(false),
             events: Mutex::new(VecDeque::new()),
+            device: self.device,
+            gid_index: self.gid_index,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -204,6 +224,8 @@ impl Node {
             bind: None,
             psk: None,
             heartbeat: Duration::from_millis(200),
+            device: None,
+            gid_index: None,
         }
     }
 

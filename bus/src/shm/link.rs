@@ -73,4 +73,8 @@ impl RemoteRing for ShmRemoteRing {
     fn consumed(&self) -> u64 {
         self.credit.atomic_u64(0).load(Ordering::Acquire)
     }
+
+    fn established(&mut self) {
+        self.unlink_credit();
+    }
 }

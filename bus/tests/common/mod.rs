@@ -91,7 +91,7 @@ pub fn sub(addr: SocketAddr, args: &str) -> Proc {
 pub fn publisher(args: &str) -> (Proc, SocketAddr) {
     let args: Vec<&str> = args.split_whitespace().collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
-        .args(["pub", "--listen", "127.0.0.1:0"])
+        .args(["pub", "--listen", &format!("{}:0", test_ip())])
         .args(&args)
         .env("RDMABUS_PSK", KEY)
         .stdin(Stdio::null())
@@ -126,4 +126,34 @@ pub fn u(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// The transport the suite runs over: `RDMABUS_TEST_TRANSPORT` (shm by default, verbs in the
+/// Soft-RoCE guest).
+pub fn transport() -> rdmabus::Transport {
+    std::env::var("RDMABUS_TEST_TRANSPORT")
+        .ok()
+        .map(|t| t.parse().expect("RDMABUS_TEST_TRANSPORT"))
+        .unwrap_or_default()
+}
+
+/// The transport's name for the CLI.
+pub fn transport_arg() -> &'static str {
+    match transport() {
+        rdmabus::Transport::Shm => "shm",
+        rdmabus::Transport::Verbs => "verbs",
+    }
+}
+
+/// Where test nodes listen: `RDMABUS_TEST_ADDR` (127.0.0.1 by default; over verbs an address
+/// with an RDMA GID).
+pub fn test_ip() -> String {
+    std::env::var("RDMABUS_TEST_ADDR").unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// A node builder listening on the test address with `key`.
+pub fn node_builder(key: Psk) -> rdmabus::NodeBuilder {
+    rdmabus::Node::builder()
+        .bind(format!("{}:0", test_ip()))
+        .psk(key)
 }

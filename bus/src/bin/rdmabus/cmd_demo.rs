@@ -32,6 +32,9 @@ pub struct DemoArgs {
     /// Make the last subscriber spend this many microseconds per message (shows the policy).
     #[arg(long, default_value_t = 0, value_name = "US")]
     pub slow_us: u64,
+    /// Address to listen on (default: loopback for shm, the first RDMA interface for verbs).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
     /// How subscribers wait when idle (yield shares the CPU when there are more pollers
     /// than cores; spin is lowest latency with a core each).
     #[arg(long, default_value = "yield")]
@@ -51,16 +54,24 @@ impl Drop for Kids {
 
 /// Runs the demo.
 pub fn run(a: DemoArgs) -> Result<(), Error> {
-    if a.transport != Transport::Shm {
-        return Err(Error::Config(
-            "the demo runs over shm in this version (verbs comes with the verbs transport)".into(),
-        ));
-    }
     if a.subscribers == 0 || a.subscribers > 64 {
         return Err(Error::Config("--subscribers must be 1 to 64".into()));
     }
     let psk = Psk::random();
-    let node = Node::builder().psk(psk.clone()).start()?;
+    // Over verbs the control connection's address picks the RDMA device: listen on one.
+    let listen =
+        match (&a.listen, a.transport) {
+            (Some(l), _) => l.clone(),
+            (None, Transport::Shm) => "127.0.0.1:0".to_string(),
+            (None, Transport::Verbs) => match rdmabus::verbs::device::first_ipv4() {
+                Some(ip) => format!("{ip}:0"),
+                None => return Err(Error::Config(
+                    "no RDMA device with an IPv4 RoCE v2 GID; see `rdma link` (README: Soft-RoCE)"
+                        .into(),
+                )),
+            },
+        };
+    let node = Node::builder().bind(listen).psk(psk.clone()).start()?;
     let mut quotes = AnyPublisher::new(&node, "quotes", a.policy, IdleStrategy::Yield)?;
     let mut trades = AnyPublisher::new(&node, "trades", a.policy, IdleStrategy::Yield)?;
     let exe =
@@ -91,6 +102,13 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
             &format!("sub-{i}"),
             "--slots",
             &a.slots.to_string(),
+        ])
+        .args([
+            "--transport",
+            match a.transport {
+                Transport::Shm => "shm",
+                Transport::Verbs => "verbs",
+            },
         ])
         .args([
             "--idle",

@@ -41,6 +41,12 @@ pub struct PubArgs {
     /// Print a JSON report on stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// RDMA device for verbs subscribers (default: the one whose GID is the address they use).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// GID index for verbs subscribers (default: the RoCE v2 GID of that address).
+    #[arg(long)]
+    pub gid_index: Option<u8>,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -78,10 +84,16 @@ impl Pacer {
 
 /// Runs `rdmabus pub`.
 pub fn run(args: PubArgs) -> Result<(), Error> {
-    let node = Node::builder()
+    let mut builder = Node::builder()
         .bind(args.listen.clone())
-        .psk(args.key.load()?)
-        .start()?;
+        .psk(args.key.load()?);
+    if let Some(d) = &args.device {
+        builder = builder.device(d.clone());
+    }
+    if let Some(g) = args.gid_index {
+        builder = builder.gid_index(g);
+    }
+    let node = builder.start()?;
     let mut pubs = args
         .topics
         .iter()

@@ -5,7 +5,7 @@ use crate::report::{Latency, SubReport, TopicReport};
 use crate::topics;
 use hdrhistogram::Histogram;
 use rdmabus::proto::market::{BookUpdate, Quote, Trade};
-use rdmabus::{Error, Event, IdleStrategy, Message, Psk, Subscriber};
+use rdmabus::{Error, Event, IdleStrategy, Message, Psk, Subscriber, Transport};
 use std::time::{Duration, Instant};
 
 /// Arguments of `rdmabus sub`.
@@ -47,6 +47,18 @@ pub struct SubArgs {
     /// Print a JSON report on stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// Transport: shm (same machine) or verbs (RDMA).
+    #[arg(long, default_value = "shm")]
+    pub transport: Transport,
+    /// Local address for the control connection; over verbs it picks the RDMA interface.
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
+    /// RDMA device (default: the one whose RoCE v2 GID is the local address).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// GID index (default: the RoCE v2 GID of the local address).
+    #[arg(long)]
+    pub gid_index: Option<u8>,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -90,9 +102,19 @@ where
             } else {
                 args.name.clone()
             })
-            .idle(args.idle);
+            .idle(args.idle)
+            .transport(args.transport);
         if args.unchecked {
             b = b.unchecked();
+        }
+        if let Some(ip) = args.bind {
+            b = b.bind(ip);
+        }
+        if let Some(d) = &args.device {
+            b = b.device(d.clone());
+        }
+        if let Some(g) = args.gid_index {
+            b = b.gid_index(g);
         }
         let sub = b.connect()?;
         let report = TopicReport {

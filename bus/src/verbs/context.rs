@@ -1,0 +1,79 @@
+//! An open device context (rdma-sys), with its port 1 attributes.
+
+use super::os_error;
+use crate::Error;
+use rdma_sys::*;
+use std::ffi::CStr;
+
+/// The port every connection uses.
+pub const PORT: u8 = 1;
+
+/// An open RDMA device.
+pub struct Context {
+    pub(super) ctx: *mut ibv_context,
+    /// LID of port 1 (0 on RoCE).
+    pub lid: u16,
+    /// Active MTU of port 1.
+    pub active_mtu: ibv_mtu::Type,
+}
+
+// SAFETY: libibverbs contexts may be used from any thread; we never alias the pointer mutably.
+unsafe impl Send for Context {}
+// SAFETY: as above; verbs calls on a context are thread-safe.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// Opens the device called `name`.
+    pub fn open(name: &str) -> Result<Self, Error> {
+        let mut n = 0;
+        // SAFETY: ibv_get_device_list returns an array of `n` device pointers (or null) that
+        // stays valid until ibv_free_device_list, which we call before returning.
+        let list = unsafe { ibv_get_device_list(&mut n) };
+        if list.is_null() {
+            return Err(os_error("ibv_get_device_list"));
+        }
+        let mut ctx = std::ptr::null_mut();
+        for i in 0..n.max(0) as usize {
+            // SAFETY: i < n, so the entry is a valid device pointer; its name is a C string.
+            let dev = unsafe { *list.add(i) };
+            // SAFETY: dev is valid (above); the name outlives this comparison.
+            let dev_name = unsafe { CStr::from_ptr(ibv_get_device_name(dev)) };
+            if dev_name.to_bytes() == name.as_bytes() {
+                // SAFETY: dev is a valid device from the list, which is still alive.
+                ctx = unsafe { ibv_open_device(dev) };
+                break;
+            }
+        }
+        // SAFETY: list came from ibv_get_device_list; opened contexts stay valid after it.
+        unsafe { ibv_free_device_list(list) };
+        if ctx.is_null() {
+            return Err(Error::Config(format!("cannot open RDMA device {name:?}")));
+        }
+        // SAFETY: zeroed ibv_port_attr is a valid value to be filled in by the query.
+        let mut attr: ibv_port_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: ctx is an open context and attr a writable ibv_port_attr.
+        let rc = unsafe { ___ibv_query_port(ctx, PORT, &mut attr) };
+        let this = Self {
+            ctx,
+            lid: attr.lid,
+            active_mtu: attr.active_mtu,
+        };
+        if rc != 0 {
+            return Err(super::errno_error("ibv_query_port", rc));
+        }
+        if attr.state != ibv_port_state::IBV_PORT_ACTIVE {
+            return Err(Error::Config(format!(
+                "port 1 of RDMA device {name:?} is not active"
+            )));
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: ctx was opened by ibv_open_device; every object made from it (PD, CQ, QP,
+        // MR) holds an Arc to this context and is destroyed first.
+        unsafe { ibv_close_device(self.ctx) };
+    }
+}

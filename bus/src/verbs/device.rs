@@ -1,0 +1,119 @@
+//! Which RDMA device and GID to use for a control connection's local address.
+
+use crate::Error;
+use std::net::IpAddr;
+
+/// RoCE v2 GID type, as the kernel reports it.
+const ROCE_V2: u32 = 2;
+
+/// A device, and the GID on its port 1 that carries our traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Device name (for example `rxe0`, `mlx5_0`).
+    pub device: String,
+    /// GID table index.
+    pub gid_index: u8,
+    /// The GID.
+    pub gid: [u8; 16],
+}
+
+/// One GID table entry of a device, for listings.
+#[derive(Clone, Debug)]
+pub struct GidInfo {
+    /// Device name.
+    pub device: String,
+    /// Table index.
+    pub index: u32,
+    /// The GID bytes.
+    pub gid: [u8; 16],
+    /// 0 IB, 1 RoCE v1, 2 RoCE v2.
+    pub gid_type: u32,
+}
+
+/// The GID form of an IP address (IPv4-mapped for IPv4).
+pub fn gid_of(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Formats a GID as an IPv6 address.
+pub fn format_gid(gid: &[u8; 16]) -> String {
+    let v6 = std::net::Ipv6Addr::from(*gid);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => format!("::ffff:{v4}"),
+        None => v6.to_string(),
+    }
+}
+
+/// Every GID of port 1 of every device (devices whose port is down are skipped).
+pub fn list() -> Result<Vec<GidInfo>, Error> {
+    let devices = ibverbs::devices().map_err(|e| Error::io("verbs: listing RDMA devices", e))?;
+    let mut out = Vec::new();
+    for d in devices.iter() {
+        let name = d
+            .name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Ok(ctx) = d.open() else { continue };
+        for e in ctx.gid_table() {
+            let mut gid = [0u8; 16];
+            gid[..8].copy_from_slice(&e.gid.subnet_prefix().to_be_bytes());
+            gid[8..].copy_from_slice(&e.gid.interface_id().to_be_bytes());
+            out.push(GidInfo {
+                device: name.clone(),
+                index: e.gid_index,
+                gid,
+                gid_type: e.gid_type,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Picks the device and RoCE v2 GID for `local` (the control connection's local address),
+/// unless `device` and/or `gid_index` say otherwise.
+pub fn choose(device: Option<&str>, gid_index: Option<u8>, local: IpAddr) -> Result<Choice, Error> {
+    let gids = list()?;
+    if gids.is_empty() {
+        return Err(Error::Config(
+            "no RDMA device with an active port (is rdma_rxe loaded and `rdma link add` done? see README)".into(),
+        ));
+    }
+    let want = gid_of(local);
+    let pick = gids.iter().find(|g| {
+        device.is_none_or(|d| g.device == d)
+            && match gid_index {
+                Some(i) => g.index == i as u32,
+                None => g.gid_type == ROCE_V2 && g.gid == want,
+            }
+    });
+    match pick {
+        Some(g) => Ok(Choice {
+            device: g.device.clone(),
+            gid_index: g.index as u8,
+            gid: g.gid,
+        }),
+        None => {
+            let have: Vec<String> = gids
+                .iter()
+                .map(|g| format!("{}[{}]={}", g.device, g.index, format_gid(&g.gid)))
+                .collect();
+            Err(Error::Config(format!(
+                "no RDMA device has a RoCE v2 GID for {local}{}; GIDs: {} (pass --device and --gid-index, or connect over the RDMA interface's address)",
+                device.map(|d| format!(" on {d}")).unwrap_or_default(),
+                have.join(", ")
+            )))
+        }
+    }
+}
+
+/// The IPv4 address of the first RoCE v2 GID of any device (a default place to listen).
+pub fn first_ipv4() -> Option<std::net::Ipv4Addr> {
+    list().ok()?.into_iter().find_map(|g| {
+        (g.gid_type == ROCE_V2)
+            .then(|| std::net::Ipv6Addr::from(g.gid).to_ipv4_mapped())
+            .flatten()
+    })
+}

@@ -1,0 +1,259 @@
+//! The publisher's end of a verbs subscription: one RC QP per subscriber, RDMA WRITE_WITH_IMM
+//! of header + payload into the subscriber's ring, and a registered credit word it writes into.
+
+use super::context::Context;
+use super::cq::{empty_wc, status_text, Cq};
+use super::device::Choice;
+use super::mr::Mr;
+use super::pd::Pd;
+use super::qp::{Qp, QpCaps, Sge};
+use crate::transport::RemoteRing;
+use crate::Error;
+use rdma_sys::{ibv_access_flags as A, ibv_wc, ibv_wc_status};
+use rdmabus_proto::handshake::VerbsEndpoint;
+use rdmabus_proto::slot::HEADER_LEN;
+use rdmabus_proto::{RingGeometry, SlotHeader};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Send queue depth per subscriber.
+const SQ_DEPTH: u32 = 256;
+/// One send in this many is signaled.
+const SIGNAL_EVERY: u64 = 32;
+/// Inline data asked of the device.
+const INLINE: u32 = 256;
+
+/// The publisher's staging ring, as the verbs link needs to register it.
+#[derive(Clone, Copy, Debug)]
+pub struct Staging {
+    /// Start address.
+    pub addr: usize,
+    /// Length in bytes.
+    pub len: usize,
+    /// Slot size.
+    pub slot_size: usize,
+}
+
+/// Writes into one subscriber's ring over RDMA.
+pub struct VerbsRemoteRing {
+    // Field order is drop order: the QP goes before its CQ and memory regions.
+    qp: Qp,
+    cq: Cq,
+    headers: Mr,
+    credit: Mr,
+    staging_mr: Mr,
+    staging: Staging,
+    remote: VerbsEndpoint,
+    geometry: RingGeometry,
+    posted: u64,
+    completed: u64,
+    last_signaled: u64,
+    slot_wr: Vec<u64>,
+    wc: [ibv_wc; 16],
+}
+
+impl VerbsRemoteRing {
+    /// Opens the device, registers the staging ring and a credit word, and creates a QP for
+    /// the subscriber whose ring is `remote` (geometry `geometry`). Call `connect` next.
+    pub fn new(
+        choice: &Choice,
+        staging: Staging,
+        geometry: RingGeometry,
+        remote: VerbsEndpoint,
+    ) -> Result<Self, Error> {
+        if remote.len != geometry.ring_bytes() as u64 {
+            return Err(Error::Protocol(format!(
+                "subscriber's ring is {} bytes, its geometry says {}",
+                remote.len,
+                geometry.ring_bytes()
+            )));
+        }
+        let ctx = Arc::new(Context::open(&choice.device)?);
+        let pd = Pd::new(ctx.clone())?;
+        let cq = Cq::new(ctx, SQ_DEPTH as i32 + 16)?;
+        let qp = Qp::new(
+            pd.clone(),
+            &cq,
+            &cq,
+            QpCaps {
+                send: SQ_DEPTH,
+                recv: 1,
+                inline: INLINE,
+            },
+            choice.gid_index,
+            choice.gid,
+        )?;
+        let headers = Mr::alloc(
+            pd.clone(),
+            SQ_DEPTH as usize * HEADER_LEN,
+            A::IBV_ACCESS_LOCAL_WRITE,
+        )?;
+        let credit = Mr::alloc(
+            pd.clone(),
+            64,
+            A::IBV_ACCESS_LOCAL_WRITE | A::IBV_ACCESS_REMOTE_WRITE,
+        )?;
+        // SAFETY: the staging ring belongs to the Publisher, which owns this link and drops its
+        // links before its staging memory (field order), so the memory outlives the Mr.
+        let staging_mr = unsafe {
+            Mr::register(
+                pd,
+                staging.addr as *mut u8,
+                staging.len,
+                A::IBV_ACCESS_LOCAL_WRITE,
+            )?
+        };
+        let slots = staging.len / staging.slot_size.max(1);
+        Ok(Self {
+            qp,
+            cq,
+            headers,
+            credit,
+            staging_mr,
+            staging,
+            remote,
+            geometry,
+            posted: 0,
+            completed: 0,
+            last_signaled: 0,
+            slot_wr: vec![0; slots],
+            wc: std::array::from_fn(|_| empty_wc()),
+        })
+    }
+
+    /// What to send the subscriber in `Welcome`: this QP and the credit word.
+    pub fn endpoint(&self) -> VerbsEndpoint {
+        self.qp
+            .endpoint(self.credit.addr() as u64, self.credit.rkey(), 8)
+    }
+
+    /// Connects the QP to the subscriber's.
+    pub fn connect(&mut self) -> Result<(), Error> {
+        let remote = self.remote;
+        self.qp.connect(&remote)
+    }
+
+    fn reap(&mut self) -> Result<(), Error> {
+        let n = self.cq.poll(&mut self.wc)?;
+        for wc in &self.wc[..n] {
+            if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+                return Err(Error::Protocol(format!(
+                    "RDMA write to the subscriber failed: {} (vendor error {:#x})",
+                    status_text(wc.status),
+                    wc.vendor_err
+                )));
+            }
+            self.completed = self.completed.max(wc.wr_id + 1);
+        }
+        Ok(())
+    }
+
+    fn signaled_post(&mut self) -> Result<(), Error> {
+        // A zero-length write, signaled, so that everything before it reports completion.
+        let wr = self.posted;
+        self.qp.post_write(
+            wr,
+            &[],
+            self.remote.addr,
+            self.remote.rkey,
+            None,
+            true,
+            false,
+        )?;
+        self.posted += 1;
+        self.last_signaled = self.posted;
+        Ok(())
+    }
+}
+
+impl RemoteRing for VerbsRemoteRing {
+    #[inline]
+    fn write(
+        &mut self,
+        index: u32,
+        header: &SlotHeader,
+        payload: &[u8],
+        imm: u32,
+    ) -> Result<(), Error> {
+        while self.posted - self.completed >= SQ_DEPTH as u64 - 2 {
+            if self.last_signaled <= self.completed {
+                self.signaled_post()?;
+            }
+            self.reap()?;
+        }
+        let total = HEADER_LEN + payload.len();
+        let inline = total as u32 <= self.qp.max_inline();
+        let header_bytes = header.to_bytes();
+        let header_sge = if inline {
+            Sge {
+                addr: header_bytes.as_ptr(),
+                len: HEADER_LEN as u32,
+                lkey: 0,
+            }
+        } else {
+            let at = (self.posted % SQ_DEPTH as u64) as usize * HEADER_LEN;
+            // SAFETY: `at + HEADER_LEN` lies in the headers region (SQ_DEPTH entries).
+            let dst = unsafe { self.headers.addr().add(at) };
+            // SAFETY: dst is in bounds (above); the WR that last used this entry is complete,
+            // since fewer than SQ_DEPTH are in flight, so nothing reads it now.
+            unsafe { std::ptr::copy_nonoverlapping(header_bytes.as_ptr(), dst, HEADER_LEN) };
+            Sge {
+                addr: dst,
+                len: HEADER_LEN as u32,
+                lkey: self.headers.lkey(),
+            }
+        };
+        let payload_sge = Sge {
+            addr: payload.as_ptr(),
+            len: payload.len() as u32,
+            lkey: self.staging_mr.lkey(),
+        };
+        let signaled = self.posted % SIGNAL_EVERY == SIGNAL_EVERY - 1;
+        let remote_addr = self.remote.addr + self.geometry.offset_of_index(index) as u64;
+        let sges = [header_sge, payload_sge];
+        let sges = if payload.is_empty() {
+            &sges[..1]
+        } else {
+            &sges[..]
+        };
+        self.qp.post_write(
+            self.posted,
+            sges,
+            remote_addr,
+            self.remote.rkey,
+            Some(imm),
+            signaled,
+            inline,
+        )?;
+        if !inline {
+            let slot = (payload.as_ptr() as usize - self.staging.addr) / self.staging.slot_size;
+            self.slot_wr[slot] = self.posted + 1;
+        }
+        self.posted += 1;
+        if signaled {
+            self.last_signaled = self.posted;
+            self.reap()?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn consumed(&self) -> u64 {
+        // SAFETY: the credit region is 64 bytes, page-aligned, alive as long as self; the
+        // subscriber's NIC writes it whole, and every CPU access to it is atomic.
+        unsafe { &*(self.credit.addr() as *const AtomicU64) }.load(Ordering::Acquire)
+    }
+
+    fn reclaim(&mut self, staging_slot: u32) -> Result<(), Error> {
+        let Some(&needed) = self.slot_wr.get(staging_slot as usize) else {
+            return Ok(());
+        };
+        while self.completed < needed {
+            if self.last_signaled < needed {
+                self.signaled_post()?;
+            }
+            self.reap()?;
+        }
+        Ok(())
+    }
+}

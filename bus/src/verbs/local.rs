@@ -1,0 +1,214 @@
+//! The subscriber's end of a verbs subscription: a registered ring the publisher writes into,
+//! receives posted for the immediates, and RDMA writes of the consumed position back.
+
+use super::context::Context;
+use super::cq::{empty_wc, status_text, Cq};
+use super::device::Choice;
+use super::mr::Mr;
+use super::pd::Pd;
+use super::qp::{Qp, QpCaps, Sge};
+use crate::transport::LocalRing;
+use crate::Error;
+use rdma_sys::{ibv_access_flags as A, ibv_wc, ibv_wc_opcode, ibv_wc_status};
+use rdmabus_proto::handshake::VerbsEndpoint;
+use rdmabus_proto::RingGeometry;
+use std::sync::Arc;
+
+/// Send queue depth for credit writes.
+const SQ_DEPTH: u32 = 64;
+/// One credit write in this many is signaled.
+const SIGNAL_EVERY: u64 = 16;
+
+/// The subscriber's ring and completion queues over verbs.
+pub struct VerbsLocalRing {
+    // Field order is drop order: the QP goes before its CQs and memory regions.
+    qp: Qp,
+    recv_cq: Cq,
+    send_cq: Cq,
+    ring: Mr,
+    credit_src: Mr,
+    geometry: RingGeometry,
+    credit_target: Option<(u64, u32)>,
+    wc: [ibv_wc; 32],
+    wc_len: usize,
+    wc_pos: usize,
+    send_wc: [ibv_wc; 8],
+    sends_posted: u64,
+    sends_done: u64,
+    last_signaled: u64,
+}
+
+impl VerbsLocalRing {
+    /// Opens the device, registers a ring of `geometry`, creates the QP and posts a receive
+    /// for every slot.
+    pub fn create(choice: &Choice, geometry: RingGeometry) -> Result<Self, Error> {
+        let ctx = Arc::new(Context::open(&choice.device)?);
+        let pd = Pd::new(ctx.clone())?;
+        let recv_cq = Cq::new(ctx.clone(), geometry.slots() as i32 + 16)?;
+        let send_cq = Cq::new(ctx, SQ_DEPTH as i32 + 16)?;
+        let caps = QpCaps {
+            send: SQ_DEPTH,
+            recv: geometry.slots(),
+            inline: 64,
+        };
+        let qp = Qp::new(
+            pd.clone(),
+            &send_cq,
+            &recv_cq,
+            caps,
+            choice.gid_index,
+            choice.gid,
+        )?;
+        let ring = Mr::alloc(
+            pd.clone(),
+            geometry.ring_bytes(),
+            A::IBV_ACCESS_LOCAL_WRITE | A::IBV_ACCESS_REMOTE_WRITE,
+        )?;
+        let credit_src = Mr::alloc(pd, SQ_DEPTH as usize * 8, A::IBV_ACCESS_LOCAL_WRITE)?;
+        Ok(Self {
+            qp,
+            recv_cq,
+            send_cq,
+            ring,
+            credit_src,
+            geometry,
+            credit_target: None,
+            wc: std::array::from_fn(|_| empty_wc()),
+            wc_len: 0,
+            wc_pos: 0,
+            send_wc: std::array::from_fn(|_| empty_wc()),
+            sends_posted: 0,
+            sends_done: 0,
+            last_signaled: 0,
+        })
+    }
+
+    /// What to send the publisher in `Auth`: this QP and the ring.
+    pub fn endpoint(&self) -> VerbsEndpoint {
+        self.qp.endpoint(
+            self.ring.addr() as u64,
+            self.ring.rkey(),
+            self.ring.len() as u64,
+        )
+    }
+
+    /// Connects to the publisher's QP, whose credit word `remote` names.
+    pub fn connect(&mut self, remote: &VerbsEndpoint) -> Result<(), Error> {
+        if remote.len < 8 {
+            return Err(Error::Protocol(format!(
+                "publisher's credit word is {} bytes, need 8",
+                remote.len
+            )));
+        }
+        self.qp.connect(remote)?;
+        // Receives can be posted once the QP left RESET; the publisher writes nothing before
+        // our ready heartbeat, which follows.
+        for i in 0..self.geometry.slots() {
+            self.qp.post_recv(i as u64)?;
+        }
+        self.credit_target = Some((remote.addr, remote.rkey));
+        Ok(())
+    }
+
+    fn reap_sends(&mut self) -> Result<(), Error> {
+        let n = self.send_cq.poll(&mut self.send_wc)?;
+        for wc in &self.send_wc[..n] {
+            if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+                return Err(Error::PublisherLost(format!(
+                    "credit write failed: {}",
+                    status_text(wc.status)
+                )));
+            }
+            self.sends_done = self.sends_done.max(wc.wr_id + 1);
+        }
+        Ok(())
+    }
+}
+
+impl LocalRing for VerbsLocalRing {
+    #[inline]
+    fn poll(&mut self) -> Result<Option<u32>, Error> {
+        if self.wc_pos == self.wc_len {
+            self.wc_len = self.recv_cq.poll(&mut self.wc)?;
+            self.wc_pos = 0;
+            if self.wc_len == 0 {
+                return Ok(None);
+            }
+        }
+        let wc = &self.wc[self.wc_pos];
+        self.wc_pos += 1;
+        if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+            return Err(Error::PublisherLost(format!(
+                "RDMA receive failed: {}",
+                status_text(wc.status)
+            )));
+        }
+        if wc.opcode != ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM {
+            return Err(Error::Corrupt {
+                seq: None,
+                reason: format!("unexpected completion opcode {}", wc.opcode),
+            });
+        }
+        // SAFETY: for RECV_RDMA_WITH_IMM completions the union holds the immediate.
+        let imm = u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data });
+        let wr_id = wc.wr_id;
+        self.qp.post_recv(wr_id)?;
+        Ok(Some(imm))
+    }
+
+    #[inline]
+    fn slot(&self, index: u32) -> &[u8] {
+        let offset = self.geometry.offset_of_index(index);
+        // SAFETY: offset + slot_size lies inside the registered ring (sized from the geometry);
+        // the publisher writes a slot only before its completion, and not again until credit
+        // releases it, so the bytes are stable while borrowed.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ring.addr().add(offset),
+                self.geometry.slot_size() as usize,
+            )
+        }
+    }
+
+    #[inline]
+    fn return_credit(&mut self, consumed: u64) -> Result<(), Error> {
+        let Some((addr, rkey)) = self.credit_target else {
+            return Ok(());
+        };
+        while self.sends_posted - self.sends_done >= SQ_DEPTH as u64 - 2 {
+            if self.last_signaled <= self.sends_done {
+                // Nothing signaled is pending: the next post must be.
+                break;
+            }
+            self.reap_sends()?;
+        }
+        let at = (self.sends_posted % SQ_DEPTH as u64) as usize * 8;
+        // SAFETY: `at + 8` lies inside credit_src (SQ_DEPTH words); its previous user is
+        // complete because fewer than SQ_DEPTH writes are in flight.
+        let src = unsafe { self.credit_src.addr().add(at) };
+        // SAFETY: as above; 8-aligned because `at` is a multiple of 8 in a page-aligned region.
+        unsafe { std::ptr::write(src as *mut u64, consumed.to_le()) };
+        let inline = self.qp.max_inline() >= 8;
+        let signaled = self.sends_posted % SIGNAL_EVERY == SIGNAL_EVERY - 1
+            || self.sends_posted - self.sends_done >= SQ_DEPTH as u64 - 4;
+        let sge = Sge {
+            addr: src,
+            len: 8,
+            lkey: self.credit_src.lkey(),
+        };
+        self.qp.post_write(
+            self.sends_posted,
+            &[sge],
+            addr,
+            rkey,
+            None,
+            signaled,
+            inline,
+        )?;
+        self.sends_posted += 1;
+        if signaled {
+            self.last_signaled = self.sends_posted;
+        }
+        self.reap_sends()
+    }
+}

@@ -1,0 +1,90 @@
+//! Memory regions over memory we own (page-aligned anonymous mappings).
+
+use super::os_error;
+use super::pd::Pd;
+use crate::Error;
+use memmap2::MmapMut;
+use rdma_sys::*;
+use std::sync::Arc;
+
+/// Registered memory: an anonymous mapping and its registration.
+pub struct Mr {
+    mr: *mut ibv_mr,
+    map: Option<MmapMut>,
+    addr: *mut u8,
+    len: usize,
+    _pd: Arc<Pd>,
+}
+
+// SAFETY: the registration and the mapping are owned here; access to the bytes goes through
+// raw pointers whose users uphold the protocol's ordering (completions, credit).
+unsafe impl Send for Mr {}
+
+impl Mr {
+    /// Allocates `len` zeroed bytes and registers them with `access` flags.
+    pub fn alloc(pd: Arc<Pd>, len: usize, access: ibv_access_flags) -> Result<Self, Error> {
+        let mut map =
+            MmapMut::map_anon(len.max(1)).map_err(|e| Error::io("verbs: allocating memory", e))?;
+        let addr = map.as_mut_ptr();
+        // SAFETY: addr..addr+len is our own mapping, which lives as long as this Mr.
+        let mut this = unsafe { Self::register(pd, addr, len, access)? };
+        this.map = Some(map);
+        Ok(this)
+    }
+
+    /// Registers memory owned elsewhere.
+    ///
+    /// # Safety
+    /// `addr..addr + len` must stay mapped for as long as the returned `Mr` lives.
+    pub unsafe fn register(
+        pd: Arc<Pd>,
+        addr: *mut u8,
+        len: usize,
+        access: ibv_access_flags,
+    ) -> Result<Self, Error> {
+        // SAFETY: pd is alive (Arc); the caller guarantees the memory outlives the Mr.
+        let mr = unsafe { ibv_reg_mr(pd.pd, addr.cast(), len, access.0 as i32) };
+        if mr.is_null() {
+            return Err(os_error(
+                "ibv_reg_mr (is the memlock limit high enough? `ulimit -l`)",
+            ));
+        }
+        Ok(Self {
+            mr,
+            map: None,
+            addr,
+            len,
+            _pd: pd,
+        })
+    }
+
+    /// Local key.
+    pub fn lkey(&self) -> u32 {
+        // SAFETY: mr is a live registration.
+        unsafe { (*self.mr).lkey }
+    }
+
+    /// Remote key.
+    pub fn rkey(&self) -> u32 {
+        // SAFETY: mr is a live registration.
+        unsafe { (*self.mr).rkey }
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mr {
+    fn drop(&mut self) {
+        // SAFETY: mr is a live registration; QPs that used it are destroyed before (they are
+        // declared, and so dropped, before the regions in every owner).
+        unsafe { ibv_dereg_mr(self.mr) };
+    }
+}

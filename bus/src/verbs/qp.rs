@@ -1,0 +1,271 @@
+//! A reliable-connected queue pair: creation, connection (INIT → RTR → RTS), and the posts
+//! the bus uses (RDMA WRITE with or without immediate, zero-length receives).
+
+use super::context::PORT;
+use super::cq::Cq;
+use super::pd::Pd;
+use super::{errno_error, mtu_bytes, mtu_enum, os_error, random_psn};
+use crate::Error;
+use rdma_sys::*;
+use rdmabus_proto::handshake::VerbsEndpoint;
+use std::sync::Arc;
+
+/// Sizes asked for at creation.
+#[derive(Clone, Copy, Debug)]
+pub struct QpCaps {
+    /// Send queue depth.
+    pub send: u32,
+    /// Receive queue depth.
+    pub recv: u32,
+    /// Inline data wanted (the device may grant less; see `Qp::max_inline`).
+    pub inline: u32,
+}
+
+/// An RC queue pair.
+pub struct Qp {
+    qp: *mut ibv_qp,
+    psn: u32,
+    max_inline: u32,
+    gid_index: u8,
+    gid: [u8; 16],
+    pd: Arc<Pd>,
+}
+
+// SAFETY: QPs are thread-safe verbs objects; each Qp is driven by one owner at a time.
+unsafe impl Send for Qp {}
+
+/// One scatter/gather element.
+#[derive(Clone, Copy)]
+pub struct Sge {
+    /// Address.
+    pub addr: *const u8,
+    /// Length in bytes.
+    pub len: u32,
+    /// Local key of the region holding it (ignored for inline sends).
+    pub lkey: u32,
+}
+
+impl Qp {
+    /// Creates an RC QP on `pd` whose sends complete on `send_cq` and receives on `recv_cq`.
+    pub fn new(
+        pd: Arc<Pd>,
+        send_cq: &Cq,
+        recv_cq: &Cq,
+        caps: QpCaps,
+        gid_index: u8,
+        gid: [u8; 16],
+    ) -> Result<Self, Error> {
+        // SAFETY: zeroed init attributes are valid; we fill the fields we use.
+        let mut attr: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        attr.send_cq = send_cq.cq;
+        attr.recv_cq = recv_cq.cq;
+        attr.qp_type = ibv_qp_type::IBV_QPT_RC;
+        attr.cap = ibv_qp_cap {
+            max_send_wr: caps.send,
+            max_recv_wr: caps.recv,
+            max_send_sge: 2,
+            max_recv_sge: 1,
+            max_inline_data: caps.inline,
+        };
+        // SAFETY: pd and cq are live; attr is fully initialised.
+        let mut qp = unsafe { ibv_create_qp(pd.pd, &mut attr) };
+        if qp.is_null() && caps.inline > 0 {
+            // Some devices refuse large inline sizes: retry without inline data.
+            attr.cap.max_inline_data = 0;
+            // SAFETY: as above.
+            qp = unsafe { ibv_create_qp(pd.pd, &mut attr) };
+        }
+        if qp.is_null() {
+            return Err(os_error("ibv_create_qp"));
+        }
+        Ok(Self {
+            qp,
+            psn: random_psn(),
+            max_inline: attr.cap.max_inline_data,
+            gid_index,
+            gid,
+            pd,
+        })
+    }
+
+    /// Largest payload that can be sent inline.
+    pub fn max_inline(&self) -> u32 {
+        self.max_inline
+    }
+
+    /// What the peer needs to connect to this QP, with `addr`/`rkey`/`len` of our remotely
+    /// writable memory.
+    pub fn endpoint(&self, addr: u64, rkey: u32, len: u64) -> VerbsEndpoint {
+        VerbsEndpoint {
+            // SAFETY: qp is live.
+            qpn: unsafe { (*self.qp).qp_num },
+            psn: self.psn,
+            gid: self.gid,
+            lid: self.pd.ctx.lid,
+            mtu: mtu_bytes(self.pd.ctx.active_mtu),
+            addr,
+            rkey,
+            len,
+        }
+    }
+
+    fn modify(
+        &mut self,
+        attr: &mut ibv_qp_attr,
+        mask: ibv_qp_attr_mask,
+        what: &str,
+    ) -> Result<(), Error> {
+        // SAFETY: qp is live and attr initialised for the fields named in mask.
+        let rc = unsafe { ibv_modify_qp(self.qp, attr, mask.0 as i32) };
+        if rc != 0 {
+            return Err(errno_error(what, rc));
+        }
+        Ok(())
+    }
+
+    /// Connects to `remote`: INIT (remote writes allowed), RTR, RTS.
+    pub fn connect(&mut self, remote: &VerbsEndpoint) -> Result<(), Error> {
+        use ibv_qp_attr_mask as M;
+        // SAFETY: zeroed attributes are valid; each step sets what its mask names.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_INIT;
+        a.pkey_index = 0;
+        a.port_num = PORT;
+        a.qp_access_flags = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
+            .0;
+        self.modify(
+            &mut a,
+            M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS,
+            "QP to INIT",
+        )?;
+
+        // SAFETY: as above.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_RTR;
+        a.path_mtu = mtu_enum(remote.mtu.min(mtu_bytes(self.pd.ctx.active_mtu)));
+        a.dest_qp_num = remote.qpn;
+        a.rq_psn = remote.psn;
+        a.max_dest_rd_atomic = 1;
+        a.min_rnr_timer = 12;
+        a.ah_attr.is_global = 1;
+        a.ah_attr.dlid = remote.lid;
+        a.ah_attr.port_num = PORT;
+        a.ah_attr.grh.dgid = ibv_gid { raw: remote.gid };
+        a.ah_attr.grh.sgid_index = self.gid_index;
+        a.ah_attr.grh.hop_limit = 64;
+        self.modify(
+            &mut a,
+            M::IBV_QP_STATE
+                | M::IBV_QP_AV
+                | M::IBV_QP_PATH_MTU
+                | M::IBV_QP_DEST_QPN
+                | M::IBV_QP_RQ_PSN
+                | M::IBV_QP_MAX_DEST_RD_ATOMIC
+                | M::IBV_QP_MIN_RNR_TIMER,
+            "QP to RTR",
+        )?;
+
+        // SAFETY: as above.
+        let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        a.qp_state = ibv_qp_state::IBV_QPS_RTS;
+        a.sq_psn = self.psn;
+        a.timeout = 14;
+        a.retry_cnt = 7;
+        a.rnr_retry = 7;
+        a.max_rd_atomic = 1;
+        self.modify(
+            &mut a,
+            M::IBV_QP_STATE
+                | M::IBV_QP_SQ_PSN
+                | M::IBV_QP_TIMEOUT
+                | M::IBV_QP_RETRY_CNT
+                | M::IBV_QP_RNR_RETRY
+                | M::IBV_QP_MAX_QP_RD_ATOMIC,
+            "QP to RTS",
+        )
+    }
+
+    /// Posts one RDMA WRITE (with immediate if `imm` is given) of `sges` to `remote_addr`.
+    /// `inline` copies the data at post time (total length must be within `max_inline`).
+    /// Never allocates.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn post_write(
+        &mut self,
+        wr_id: u64,
+        sges: &[Sge],
+        remote_addr: u64,
+        rkey: u32,
+        imm: Option<u32>,
+        signaled: bool,
+        inline: bool,
+    ) -> Result<(), Error> {
+        let mut list = [ibv_sge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        }; 2];
+        for (d, s) in list.iter_mut().zip(sges) {
+            *d = ibv_sge {
+                addr: s.addr as u64,
+                length: s.len,
+                lkey: s.lkey,
+            };
+        }
+        // SAFETY: zeroed send WR is valid; we set every field the opcode uses.
+        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = wr_id;
+        wr.sg_list = list.as_mut_ptr();
+        wr.num_sge = sges.len().min(2) as i32;
+        let mut flags = 0;
+        if signaled {
+            flags |= ibv_send_flags::IBV_SEND_SIGNALED.0;
+        }
+        if inline {
+            flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+        }
+        wr.send_flags = flags;
+        match imm {
+            Some(v) => {
+                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                wr.imm_data_invalidated_rkey_union.imm_data = v.to_be();
+            }
+            None => wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+        }
+        wr.wr.rdma = rdma_t { remote_addr, rkey };
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: qp is live; wr and list live across the call; for non-inline sends the
+        // caller keeps the referenced memory registered and unchanged until completion.
+        let rc = unsafe { ibv_post_send(self.qp, &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(errno_error("ibv_post_send", rc));
+        }
+        Ok(())
+    }
+
+    /// Posts a zero-length receive (consumed by one incoming WRITE_WITH_IMM). Never allocates.
+    #[inline]
+    pub fn post_recv(&mut self, wr_id: u64) -> Result<(), Error> {
+        let mut wr = ibv_recv_wr {
+            wr_id,
+            next: std::ptr::null_mut(),
+            sg_list: std::ptr::null_mut(),
+            num_sge: 0,
+        };
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: qp is live; a receive with no scatter entries needs no memory.
+        let rc = unsafe { ibv_post_recv(self.qp, &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(errno_error("ibv_post_recv", rc));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Qp {
+    fn drop(&mut self) {
+        // SAFETY: qp is live; owners drop the QP before its CQ and memory regions.
+        unsafe { ibv_destroy_qp(self.qp) };
+    }
+}
