@@ -354,3 +354,75 @@ fn frozen_publisher_is_declared_lost_by_heartbeat() {
     );
     signal(publisher.pid(), "-CONT");
 }
+
+/// Bytes the Soft-RoCE guest's fabric bridge sent out of port `n`, i.e. to box `n`.
+fn fabric_tx_bytes(port: u32) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            "fabric",
+            "-s",
+            "-j",
+            "link",
+            "show",
+            &format!("port{port}"),
+        ])
+        .output()
+        .expect("ip");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    v[0]["stats64"]["tx"]["bytes"].as_u64().expect("tx bytes")
+}
+
+#[test]
+#[ignore = "needs the Soft-RoCE guest's boxes; soft-roce-ci/test runs it"]
+fn cross_box_fan_out_over_separate_links_and_devices() {
+    // Publisher on box 1 (rxe1); subscribers bound to boxes 2 and 3, so they use rxe2 and rxe3
+    // and every RDMA write crosses box1 → bridge → box2/box3.
+    assert_eq!(
+        common::transport(),
+        rdmabus::Transport::Verbs,
+        "run with RDMABUS_TEST_TRANSPORT=verbs"
+    );
+    let node = rdmabus::Node::builder()
+        .bind("10.77.0.1:0")
+        .psk(psk())
+        .heartbeat(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .max_payload(96)
+        .build()
+        .unwrap();
+    let before = [fabric_tx_bytes(2), fabric_tx_bytes(3)];
+    let subs: Vec<_> = [2, 3]
+        .iter()
+        .map(|b| {
+            sub(
+                node.local_addr(),
+                &format!(
+                    "-t quotes --slots 64 --count 5000 --verify --name box{b} --bind 10.77.0.{b}"
+                ),
+            )
+        })
+        .collect();
+    p.wait_for_subscribers(2, WAIT).unwrap();
+    publish(&mut p, 5000);
+    for s in subs {
+        let r = s.report(WAIT);
+        let t = topic(&r, "quotes");
+        assert_eq!(
+            (u(t, "received"), u(t, "gaps"), u(t, "verify_failures")),
+            (5000, 0, 0),
+            "{t}"
+        );
+    }
+    // 5000 messages of 32 + ~56 bytes each reached each box over its own link.
+    for (i, b) in [2u32, 3].iter().enumerate() {
+        let crossed = fabric_tx_bytes(*b) - before[i];
+        assert!(
+            crossed > 5000 * 80,
+            "only {crossed} bytes reached box {b} over the fabric"
+        );
+    }
+}

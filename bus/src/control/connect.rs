@@ -91,11 +91,6 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
     )
     .map_err(|e| Error::Config(format!("ring: {e}")))?;
     let mut fs = FramedStream::new(tcp_connect(p.addr, p.bind, p.timeout)?)?;
-    // Verbs: the device is the one whose GID is this connection's local address.
-    let choice = match p.transport {
-        Transport::Shm => None,
-        Transport::Verbs => Some(verbs::choose(p.device, p.gid_index, fs.local_addr()?.ip())?),
-    };
     let mut client_nonce = [0u8; auth::PROOF_LEN];
     getrandom::getrandom(&mut client_nonce)
         .map_err(|e| Error::Config(format!("random source: {e}")))?;
@@ -136,6 +131,12 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
             p.addr
         )));
     }
+    // Verbs: the device is the one whose GID is this connection's local address. No device
+    // is opened before the publisher has proven the key.
+    let choice = match p.transport {
+        Transport::Shm => None,
+        Transport::Verbs => Some(verbs::choose(p.device, p.gid_index, fs.local_addr()?.ip())?),
+    };
     let slot_size = p
         .slot_size
         .unwrap_or(challenge.slot_size)

@@ -61,7 +61,15 @@ impl Proc {
             status.success(),
             "process exited with {status}; stdout: {out}"
         );
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"))
+        let report: Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"));
+        // Every subscriber process ran over the transport this suite is testing.
+        assert_eq!(
+            report["transport"],
+            transport_arg(),
+            "subscriber ran over another transport"
+        );
+        report
     }
 }
 
@@ -76,6 +84,8 @@ pub fn sub(addr: SocketAddr, args: &str) -> Proc {
             "--json",
             "--idle",
             "yield",
+            "--transport",
+            transport_arg(),
         ])
         .args(args)
         .env("RDMABUS_PSK", KEY)

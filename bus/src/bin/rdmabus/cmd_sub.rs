@@ -280,6 +280,10 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
     };
     let mut all = histogram();
     let mut report = SubReport {
+        transport: match args.transport {
+            Transport::Shm => "shm".into(),
+            Transport::Verbs => "verbs".into(),
+        },
         name: args.name.clone(),
         pid: std::process::id(),
         ..Default::default()

@@ -50,6 +50,8 @@ pub struct TopicReport {
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct SubReport {
     pub name: String,
+    /// "shm" or "verbs".
+    pub transport: String,
     pub pid: u32,
     pub topics: Vec<TopicReport>,
     pub latency: Latency,
