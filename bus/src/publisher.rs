@@ -147,6 +147,15 @@ struct Link {
 }
 
 impl Link {
+    /// Tears this subscriber down after a transport or protocol error: counted, logged, and
+    /// the subscriber told why. The other subscribers are not touched.
+    #[cold]
+    fn fail(&self, why: String) {
+        bump(&self.counters.errors, 1);
+        tracing::warn!(id = self.id, name = %self.name, "cutting subscriber loose: {why}");
+        self.state.close_locally(GoodbyeReason::Error, why);
+    }
+
     fn info(&self) -> SubscriberInfo {
         SubscriberInfo {
             id: self.id,
@@ -154,6 +163,7 @@ impl Link {
             sent: self.counters.sent.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             credit_stalls: self.counters.credit_stalls.load(Ordering::Relaxed),
+            errors: self.counters.errors.load(Ordering::Relaxed),
             end: match self.state.ended() {
                 Ended::Active => LinkEnd::Active,
                 Ended::Local(r, m) => LinkEnd::Cut(r, m),
@@ -263,8 +273,7 @@ impl<T: Message> Publisher<T> {
         // A transport that reads the staging slot asynchronously must be done with it.
         for link in &mut self.links {
             if let Err(e) = link.ring.reclaim(index) {
-                link.state
-                    .close_locally(GoodbyeReason::Error, format!("transport error: {e}"));
+                link.fail(format!("transport error: {e}"));
             }
         }
         let offset = self.staging.offset_of_index(index);
@@ -425,8 +434,7 @@ fn deliver(
     }
     if link.credit.available() == 0 {
         if let Err(e) = link.credit.update(link.ring.consumed()) {
-            link.state
-                .close_locally(GoodbyeReason::Error, format!("bad credit: {e}"));
+            link.fail(format!("bad credit: {e}"));
             return false;
         }
     }
@@ -442,8 +450,7 @@ fn deliver(
                     idle.idle(rounds);
                     rounds = rounds.saturating_add(1);
                     if let Err(e) = link.credit.update(link.ring.consumed()) {
-                        link.state
-                            .close_locally(GoodbyeReason::Error, format!("bad credit: {e}"));
+                        link.fail(format!("bad credit: {e}"));
                         return false;
                     }
                 }
@@ -469,8 +476,7 @@ fn deliver(
         .ring
         .write(link.geometry.index(pos), &header, payload, imm_of(seq))
     {
-        link.state
-            .close_locally(GoodbyeReason::Error, format!("write failed: {e}"));
+        link.fail(format!("write failed: {e}"));
         return false;
     }
     link.dropped_pending = 0;

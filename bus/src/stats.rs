@@ -20,6 +20,7 @@ pub(crate) struct LinkCounters {
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
     pub credit_stalls: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 /// How a subscriber's link stands or ended, as the publisher sees it.
@@ -48,6 +49,8 @@ pub struct SubscriberInfo {
     pub dropped: u64,
     /// Times the publisher found its ring full.
     pub credit_stalls: u64,
+    /// Transport or protocol errors on its link (completion errors, bad credit); one ends it.
+    pub errors: u64,
     /// Whether it is still connected.
     pub end: LinkEnd,
 }

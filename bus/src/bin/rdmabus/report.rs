@@ -65,6 +65,7 @@ pub struct PubSubscriber {
     pub sent: u64,
     pub dropped: u64,
     pub credit_stalls: u64,
+    pub errors: u64,
     pub end: String,
 }
 
@@ -90,6 +91,7 @@ impl PubTopic {
                     sent: i.sent,
                     dropped: i.dropped,
                     credit_stalls: i.credit_stalls,
+                    errors: i.errors,
                     end: format!("{:?}", i.end),
                 })
                 .collect(),

@@ -1,0 +1,130 @@
+//! Completion errors over verbs tear down only the subscriber they concern: a rogue subscriber
+//! announces a wrong rkey for its ring, so the publisher's RDMA writes to it fail with a remote
+//! access error, while a good subscriber on the same topic goes on receiving everything.
+//! Runs in the Soft-RoCE guest (soft-roce-ci/test runs ignored tests).
+
+mod common;
+
+use common::psk;
+use rdmabus::control::framed::FramedStream;
+use rdmabus::proto::auth::{self, Role};
+use rdmabus::proto::handshake::*;
+use rdmabus::proto::market::Quote;
+use rdmabus::proto::RingGeometry;
+use rdmabus::verbs::{self, VerbsLocalRing};
+use rdmabus::{Event, LinkEnd, Subscriber, Transport};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Handshakes as a subscriber whose ring rkey is wrong, then keeps heartbeating (so only the
+/// RDMA error can end it) until `stop`.
+fn rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut fs = FramedStream::new(TcpStream::connect(addr).unwrap()).unwrap();
+        let nonce = [9u8; 32];
+        fs.send(&ControlMsg::Hello(Hello {
+            topic: "quotes".into(),
+            schema: std::any::type_name::<Quote>().into(),
+            transport: TransportKind::Verbs,
+            client_nonce: nonce,
+            client_name: "rogue".into(),
+        }))
+        .unwrap();
+        let ControlMsg::Challenge(c) = fs
+            .recv_within(Duration::from_secs(10), "Challenge")
+            .unwrap()
+        else {
+            panic!("no Challenge")
+        };
+        let choice = verbs::choose(None, None, fs.local_addr().unwrap().ip()).unwrap();
+        let geometry = RingGeometry::new(64, c.slot_size).unwrap();
+        let mut ring = VerbsLocalRing::create(&choice, geometry).unwrap();
+        let mut ep = ring.endpoint();
+        ep.rkey ^= 0x5a5a_5a5a; // the lie
+        fs.send(&ControlMsg::Auth(Auth {
+            proof: auth::proof(
+                psk().bytes(),
+                Role::Subscriber,
+                &nonce,
+                &c.server_nonce,
+                "quotes",
+            ),
+            ring: RingDescriptor {
+                slots: 64,
+                slot_size: c.slot_size,
+            },
+            endpoint: SubEndpoint::Verbs(ep),
+        }))
+        .unwrap();
+        let ControlMsg::Welcome(w) = fs.recv_within(Duration::from_secs(10), "Welcome").unwrap()
+        else {
+            panic!("no Welcome")
+        };
+        let PubEndpoint::Verbs(pub_ep) = w.endpoint else {
+            panic!("not a verbs Welcome")
+        };
+        ring.connect(&pub_ep).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            if fs
+                .send(&ControlMsg::Heartbeat(Heartbeat { sent_ns: 0 }))
+                .is_err()
+            {
+                break;
+            }
+            let _ = fs.recv_until(Instant::now() + Duration::from_millis(50));
+        }
+        drop(ring);
+    })
+}
+
+#[test]
+#[ignore = "needs an RDMA device; soft-roce-ci/test runs it in the Soft-RoCE guest"]
+fn remote_access_error_tears_down_only_that_subscriber() {
+    assert_eq!(
+        common::transport(),
+        Transport::Verbs,
+        "run with RDMABUS_TEST_TRANSPORT=verbs"
+    );
+    let node = common::node_builder(psk())
+        .heartbeat(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .max_payload(96)
+        .build()
+        .unwrap();
+    let mut good = Subscriber::<Quote>::builder(node.local_addr(), "quotes")
+        .psk(psk())
+        .transport(Transport::Verbs)
+        .name("good")
+        .connect()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rogue = rogue(node.local_addr(), stop.clone());
+    p.wait_for_subscribers(2, Duration::from_secs(20)).unwrap();
+    for i in 0..500u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+        match good.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Some(Event::Message(m)) => assert!(Quote::synthetic_matches(&m, i)),
+            _ => panic!("the good subscriber lost message {i}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    rogue.join().unwrap();
+    let stats = p.stats();
+    let r = stats
+        .subscribers
+        .iter()
+        .find(|s| s.name == "rogue")
+        .unwrap();
+    assert_eq!(r.errors, 1, "{r:?}");
+    assert!(
+        matches!(&r.end, LinkEnd::Cut(_, why) if why.contains("write failed") && why.contains("remote access")),
+        "{r:?}"
+    );
+    let g = stats.subscribers.iter().find(|s| s.name == "good").unwrap();
+    assert_eq!((g.sent, g.errors, &g.end), (500, 0, &LinkEnd::Active));
+}
