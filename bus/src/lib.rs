@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod affinity;
 pub mod clock;
 pub mod control;
 mod error;

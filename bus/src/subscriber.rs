@@ -149,6 +149,7 @@ impl<T: Message> SubscriberBuilder<T> {
 pub struct Received<'a, T: Message> {
     header: SlotHeader,
     value: &'a T::Archived,
+    bytes: &'a [u8],
 }
 
 impl<T: Message> Received<'_, T> {
@@ -175,6 +176,12 @@ impl<T: Message> Received<'_, T> {
     /// The archived value.
     pub fn archived(&self) -> &T::Archived {
         self.value
+    }
+
+    /// The archive's bytes as they sit in the ring (to forward them unchanged with
+    /// [`crate::Loan::write_bytes`], for example).
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes
     }
 }
 
@@ -408,7 +415,11 @@ impl<T: Message> Subscriber<T> {
             unsafe { codec::access_unchecked::<T>(bytes) }
         };
         self.stats.received += 1;
-        Ok(Event::Message(Received { header, value }))
+        Ok(Event::Message(Received {
+            header,
+            value,
+            bytes,
+        }))
     }
 
     fn corrupt(&mut self, seq: Option<u64>, reason: String) -> Error {

@@ -9,6 +9,7 @@
 //! - [`market`]: market-data message types (`Quote`, `Trade`, `BookUpdate`).
 
 pub mod auth;
+pub mod bench;
 pub mod codec;
 pub mod credit;
 pub mod frame;

@@ -1,5 +1,6 @@
 //! `rdmabus`: run a market-data demo, publish, or subscribe, from the command line.
 
+mod bench;
 mod cmd_demo;
 mod cmd_pub;
 mod cmd_sub;
@@ -31,6 +32,8 @@ enum Command {
     Pub(cmd_pub::PubArgs),
     /// Subscribe to topics of a publisher, and print or count what arrives.
     Sub(cmd_sub::SubArgs),
+    /// Measure: ping-pong latency and fan-out throughput, per size, over either transport.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
         Command::Demo(a) => cmd_demo::run(a),
         Command::Pub(a) => cmd_pub::run(a),
         Command::Sub(a) => cmd_sub::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("rdmabus: error: {e}");

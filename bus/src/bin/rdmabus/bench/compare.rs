@@ -1,0 +1,96 @@
+//! `rdmabus bench compare`: puts perftest's raw-verbs figures beside `rdmabus bench` results
+//! for the same sizes and prints the ratios (bus ÷ raw verbs) as a Markdown table.
+
+use rdmabus::Error;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `rdmabus bench compare`.
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Folder of perftest outputs named `lat-SIZE.txt` (ib_write_lat) and `bw-SIZE.txt` (ib_write_bw).
+    #[arg(long, value_name = "DIR")]
+    pub perftest: PathBuf,
+    /// `rdmabus bench pingpong --json` output.
+    #[arg(long, value_name = "FILE")]
+    pub pingpong: PathBuf,
+    /// `rdmabus bench fanout --json` output with 1-subscriber rows per size.
+    #[arg(long, value_name = "FILE")]
+    pub fanout: PathBuf,
+}
+
+/// The data row of a perftest report: the first line of numbers after its header.
+fn perftest_row(path: &Path) -> Result<Vec<f64>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut seen_header = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("#bytes") {
+            seen_header = true;
+            continue;
+        }
+        if seen_header {
+            let cols: Result<Vec<f64>, _> =
+                line.split_whitespace().map(str::parse::<f64>).collect();
+            if let Ok(cols) = cols {
+                if cols.len() >= 5 {
+                    return Ok(cols);
+                }
+            }
+        }
+    }
+    Err(Error::Protocol(format!(
+        "no perftest result row in {}",
+        path.display()
+    )))
+}
+
+fn load(path: &Path) -> Result<Value, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Protocol(format!("{}: {e}", path.display())))
+}
+
+/// Runs the comparison.
+pub fn run(a: CompareArgs) -> Result<(), Error> {
+    let pp = load(&a.pingpong)?;
+    let fo = load(&a.fanout)?;
+    let rows = |v: &Value| v["rows"].as_array().cloned().unwrap_or_default();
+    let mut bus_lat = BTreeMap::new();
+    for r in rows(&pp) {
+        bus_lat.insert(
+            r["size"].as_u64().unwrap_or(0),
+            r["latency"]["p50_ns"].as_f64().unwrap_or(0.0) / 1e3,
+        );
+    }
+    let mut bus_rate = BTreeMap::new();
+    for r in rows(&fo).iter().filter(|r| r["subscribers"] == 1) {
+        bus_rate.insert(
+            r["size"].as_u64().unwrap_or(0),
+            r["msgs_per_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    println!("| size B | ib_write_lat t_typical us | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (size, lat) in &bus_lat {
+        let raw_lat = perftest_row(&a.perftest.join(format!("lat-{size}.txt")))
+            .ok()
+            .map(|c| c[4]);
+        let raw_bw = perftest_row(&a.perftest.join(format!("bw-{size}.txt")))
+            .ok()
+            .map(|c| c[4]);
+        let rate = bus_rate.get(size).copied();
+        let f =
+            |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
+        println!(
+            "| {size} | {} | {lat:.2} | {} | {} | {} | {} |",
+            f(raw_lat, 2),
+            f(raw_lat.map(|r| lat / r), 2),
+            f(raw_bw, 4),
+            f(rate.map(|r| r / 1e6), 4),
+            f(raw_bw.zip(rate).map(|(raw, r)| r / 1e6 / raw), 2),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Fan-out: one publisher (policy Block, unpaced), N subscriber threads. Throughput is the
+//! messages published divided by the time until the last subscriber has read them all;
+//! latency is one-way, from the publisher's stamp to the subscriber reading in place.
+
+use super::result::{histogram, host, Percentiles, Report, Row};
+use super::Common;
+use rdmabus::proto::bench::BenchMsg;
+use rdmabus::{Error, Event, Node, Psk, Subscriber};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Arguments of `rdmabus bench fanout`.
+#[derive(clap::Args, Debug)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscriber counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+    pub subscribers: Vec<usize>,
+    /// Address of the publisher; over verbs it picks its RDMA device.
+    #[arg(long, value_name = "IP")]
+    pub publisher: Option<IpAddr>,
+    /// Addresses subscribers bind to, comma-separated, used in turn (default: the publisher's).
+    #[arg(long, value_delimiter = ',', value_name = "IP")]
+    pub sub_bind: Vec<IpAddr>,
+    /// Ring slots per subscriber.
+    #[arg(long, default_value_t = 256)]
+    pub slots: u32,
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs the benchmark.
+pub fn run(args: FanoutArgs) -> Result<(), Error> {
+    let c = args.common.clone();
+    c.check()?;
+    let host = host();
+    let ip = match args.publisher {
+        Some(ip) => ip,
+        None => c.default_ip()?,
+    };
+    let mut rows = Vec::new();
+    for &n in &args.subscribers {
+        for &size in &c.sizes {
+            rows.push(one(&c, &args, ip, n, size)?);
+        }
+    }
+    let report = Report {
+        benchmark: "fanout",
+        transport: format!("{:?}", c.transport).to_lowercase(),
+        idle: format!("{:?}", c.idle),
+        host,
+        rows,
+    };
+    report.print();
+    report.save(c.json.as_deref(), c.svg.as_deref())
+}
+
+fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Result<Row, Error> {
+    if n == 0 {
+        return Err(Error::Config("--subscribers must be at least 1".into()));
+    }
+    let psk = Psk::random();
+    let node = Node::builder()
+        .bind(format!("{ip}:0"))
+        .psk(psk.clone())
+        .start()?;
+    let mut p = node
+        .publisher::<BenchMsg>("bench.fanout")
+        .max_payload(BenchMsg::archived_len(size) + 64)
+        .idle(c.idle)
+        .build()?;
+    let total = c.warmup + c.iters;
+    let mut threads = Vec::new();
+    for i in 0..n {
+        let (addr, key, common) = (node.local_addr(), psk.clone(), c.clone());
+        let bind = args
+            .sub_bind
+            .get(i % args.sub_bind.len().max(1))
+            .copied()
+            .unwrap_or(ip);
+        let (slots, warmup) = (args.slots, c.warmup);
+        threads.push(std::thread::spawn(
+            move || -> Result<(hdrhistogram::Histogram<u64>, Instant), Error> {
+                common.pin(i + 1)?;
+                let mut sub = Subscriber::<BenchMsg>::builder(addr, "bench.fanout")
+                    .psk(key)
+                    .transport(common.transport)
+                    .bind(bind)
+                    .slots(slots)
+                    .idle(common.idle)
+                    .connect()?;
+                let mut h = histogram();
+                for k in 0..total {
+                    match sub.recv()? {
+                        Event::Message(m) => {
+                            if k >= warmup {
+                                let _ = h.record(
+                                    rdmabus::clock::now_ns()
+                                        .saturating_sub(m.publish_ns())
+                                        .max(1),
+                                );
+                            }
+                        }
+                        Event::Gap { .. } => {
+                            return Err(Error::Protocol("gap under policy Block".into()))
+                        }
+                    }
+                }
+                Ok((h, Instant::now()))
+            },
+        ));
+    }
+    p.wait_for_subscribers(n, WAIT)?;
+    c.pin(0)?;
+    let msg = BenchMsg::of_size(size);
+    for _ in 0..c.warmup {
+        p.loan()?.write(&msg)?.send()?;
+    }
+    let start = Instant::now();
+    for _ in 0..c.iters {
+        p.loan()?.write(&msg)?.send()?;
+    }
+    let mut all = histogram();
+    let mut end = start;
+    for t in threads {
+        let (h, done) = t
+            .join()
+            .map_err(|_| Error::Protocol("a subscriber thread panicked".into()))??;
+        let _ = all.add(&h);
+        end = end.max(done);
+    }
+    let secs = (end - start).as_secs_f64().max(1e-9);
+    let rate = c.iters as f64 / secs;
+    Ok(Row {
+        label: format!("{n} subs, {size} B"),
+        size,
+        subscribers: n,
+        messages: c.iters,
+        latency: Percentiles::of(&all),
+        msgs_per_s: rate,
+        mb_per_s: rate * size as f64 * n as f64 / 1e6,
+    })
+}

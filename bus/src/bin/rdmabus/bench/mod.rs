@@ -1,0 +1,104 @@
+//! `rdmabus bench`: ping-pong and fan-out, with HDR histograms, a table, JSON and an SVG plot.
+
+mod compare;
+mod fanout;
+mod pingpong;
+mod plot;
+mod result;
+
+use rdmabus::{Error, IdleStrategy, Transport};
+use std::path::PathBuf;
+
+/// Arguments of `rdmabus bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub kind: Kind,
+}
+
+/// Which benchmark.
+#[derive(clap::Subcommand, Debug)]
+pub enum Kind {
+    /// Round trips between two nodes: one-way latency (half the round trip, as perftest's
+    /// ib_write_lat reports it) and round trips per second, per message size.
+    Pingpong(pingpong::PingpongArgs),
+    /// One publisher, N subscribers: delivered messages/s, MB/s and one-way latency, per
+    /// subscriber count and message size.
+    Fanout(fanout::FanoutArgs),
+    /// Print perftest's raw-verbs figures beside bench results, with ratios per size.
+    Compare(compare::CompareArgs),
+}
+
+/// Options every benchmark takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Transport: shm or verbs.
+    #[arg(long, default_value = "shm")]
+    pub transport: Transport,
+    /// Payload sizes in bytes, comma-separated (16 B to 64 KiB).
+    #[arg(long, value_delimiter = ',', default_values_t = [16usize, 64, 256, 1024, 4096, 16384, 65536])]
+    pub sizes: Vec<usize>,
+    /// Measured messages per size.
+    #[arg(long, default_value_t = 20_000)]
+    pub iters: u64,
+    /// Warm-up messages per size (not measured).
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup: u64,
+    /// CPUs to pin the busy-polling threads to, comma-separated (one per poller).
+    #[arg(long, value_delimiter = ',')]
+    pub cpu: Vec<usize>,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw the latency percentiles as an SVG plot into this file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// How pollers wait: spin (default; give each a core), yield, backoff.
+    #[arg(long, default_value = "spin")]
+    pub idle: IdleStrategy,
+}
+
+impl Common {
+    fn check(&self) -> Result<(), Error> {
+        if self.sizes.is_empty() || self.sizes.iter().any(|&s| s > 64 * 1024) {
+            return Err(Error::Config(
+                "--sizes must name sizes from 0 to 65536 bytes".into(),
+            ));
+        }
+        if self.iters == 0 {
+            return Err(Error::Config("--iters must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The default address for a node: loopback for shm, the first RDMA interface for verbs.
+    fn default_ip(&self) -> Result<std::net::IpAddr, Error> {
+        match self.transport {
+            Transport::Shm => Ok([127, 0, 0, 1].into()),
+            Transport::Verbs => rdmabus::verbs::device::first_ipv4()
+                .map(Into::into)
+                .ok_or_else(|| {
+                    Error::Config(
+                        "no RDMA device with an IPv4 RoCE v2 GID (see `rdma link`)".into(),
+                    )
+                }),
+        }
+    }
+
+    /// Pins the calling thread to the `i`th CPU of `--cpu`, if given.
+    fn pin(&self, i: usize) -> Result<(), Error> {
+        match self.cpu.get(i) {
+            Some(&cpu) => rdmabus::affinity::pin_current_thread(cpu),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs `rdmabus bench`.
+pub fn run(a: BenchArgs) -> Result<(), Error> {
+    match a.kind {
+        Kind::Pingpong(p) => pingpong::run(p),
+        Kind::Fanout(f) => fanout::run(f),
+        Kind::Compare(c) => compare::run(c),
+    }
+}

@@ -1,0 +1,141 @@
+//! Ping-pong: node A publishes "bench.ping"; an echo thread on node B forwards each message's
+//! archive unchanged on "bench.pong"; A times the round trip. One-way latency is half of it.
+
+use super::result::{histogram, host, Percentiles, Report, Row};
+use super::Common;
+use rdmabus::proto::bench::BenchMsg;
+use rdmabus::{Error, Event, Node, Psk, Subscriber};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Arguments of `rdmabus bench pingpong`.
+#[derive(clap::Args, Debug)]
+pub struct PingpongArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Address of side A (the pinger); over verbs it picks A's RDMA device.
+    #[arg(long, value_name = "IP")]
+    pub a: Option<IpAddr>,
+    /// Address of side B (the echo); over verbs it picks B's RDMA device.
+    #[arg(long, value_name = "IP")]
+    pub b: Option<IpAddr>,
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the benchmark.
+pub fn run(args: PingpongArgs) -> Result<(), Error> {
+    let c = args.common.clone();
+    c.check()?;
+    let host = host();
+    let ip_a = match args.a {
+        Some(ip) => ip,
+        None => c.default_ip()?,
+    };
+    let ip_b = args.b.unwrap_or(ip_a);
+    let psk = Psk::random();
+    let max = *c.sizes.iter().max().expect("sizes checked");
+    let max_payload = BenchMsg::archived_len(max) + 64;
+    let node_a = Node::builder()
+        .bind(format!("{ip_a}:0"))
+        .psk(psk.clone())
+        .start()?;
+    let node_b = Node::builder()
+        .bind(format!("{ip_b}:0"))
+        .psk(psk.clone())
+        .start()?;
+    let mut ping = node_a
+        .publisher::<BenchMsg>("bench.ping")
+        .max_payload(max_payload)
+        .staging_slots(16)
+        .build()?;
+    let mut pong = node_b
+        .publisher::<BenchMsg>("bench.pong")
+        .max_payload(max_payload)
+        .staging_slots(16)
+        .build()?;
+
+    let (addr_a, echo_common, echo_psk) = (node_a.local_addr(), c.clone(), psk.clone());
+    let echo = std::thread::Builder::new()
+        .name("bench-echo".into())
+        .spawn(move || -> Result<(), Error> {
+            echo_common.pin(1)?;
+            let mut pings = Subscriber::<BenchMsg>::builder(addr_a, "bench.ping")
+                .psk(echo_psk)
+                .transport(echo_common.transport)
+                .bind(ip_b)
+                .slots(64)
+                .idle(echo_common.idle)
+                .connect()?;
+            pong.wait_for_subscribers(1, WAIT)?;
+            loop {
+                match pings.recv() {
+                    Ok(Event::Message(m)) => {
+                        pong.loan()?.write_bytes(m.bytes())?.send()?;
+                    }
+                    Ok(Event::Gap { .. }) => {
+                        return Err(Error::Protocol("gap in a Block ping-pong".into()))
+                    }
+                    Err(Error::Closed { .. }) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the echo thread", e))?;
+
+    let mut pongs = Subscriber::<BenchMsg>::builder(node_b.local_addr(), "bench.pong")
+        .psk(psk)
+        .transport(c.transport)
+        .bind(ip_a)
+        .slots(64)
+        .idle(c.idle)
+        .connect()?;
+    ping.wait_for_subscribers(1, WAIT)?;
+    c.pin(0)?;
+    let mut rows = Vec::new();
+    for &size in &c.sizes {
+        let msg = BenchMsg::of_size(size);
+        let mut h = histogram();
+        let mut measured = Duration::ZERO;
+        for i in 0..c.warmup + c.iters {
+            let t0 = Instant::now();
+            ping.loan()?.write(&msg)?.send()?;
+            match pongs.recv()? {
+                Event::Message(m) if m.payload.len() == size => {}
+                Event::Message(_) => {
+                    return Err(Error::Protocol("echo returned another size".into()))
+                }
+                Event::Gap { .. } => {
+                    return Err(Error::Protocol("gap in a Block ping-pong".into()))
+                }
+            }
+            let rtt = t0.elapsed();
+            if i >= c.warmup {
+                measured += rtt;
+                let _ = h.record((rtt.as_nanos() as u64 / 2).max(1));
+            }
+        }
+        let rtts = c.iters as f64 / measured.as_secs_f64();
+        rows.push(Row {
+            label: format!("{size} B"),
+            size,
+            subscribers: 1,
+            messages: c.iters,
+            latency: Percentiles::of(&h),
+            msgs_per_s: rtts,
+            mb_per_s: rtts * size as f64 / 1e6,
+        });
+    }
+    drop(ping);
+    echo.join()
+        .map_err(|_| Error::Protocol("the echo thread panicked".into()))??;
+    let report = Report {
+        benchmark: "pingpong",
+        transport: format!("{:?}", c.transport).to_lowercase(),
+        idle: format!("{:?}", c.idle),
+        host,
+        rows,
+    };
+    report.print();
+    report.save(c.json.as_deref(), c.svg.as_deref())
+}

@@ -1,0 +1,132 @@
+//! Benchmark results: percentiles, the table, and the JSON file.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A latency histogram in nanoseconds, 1 ns to 60 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+/// Percentiles plotted and stored.
+pub const CURVE: &[f64] = &[
+    0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
+/// Summary of one histogram.
+#[derive(Serialize, Clone, Debug)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    /// (percentile, ns) along `CURVE`, for plots.
+    pub curve: Vec<(f64, u64)>,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50_ns: h.value_at_quantile(0.5),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+            curve: CURVE
+                .iter()
+                .map(|&p| (p, h.value_at_percentile(p)))
+                .collect(),
+        }
+    }
+}
+
+/// One measured configuration.
+#[derive(Serialize, Clone, Debug)]
+pub struct Row {
+    /// Series label for the plot ("64 B", "4 subs, 64 B").
+    pub label: String,
+    /// Payload bytes.
+    pub size: usize,
+    /// Subscribers (1 for ping-pong).
+    pub subscribers: usize,
+    /// Messages measured (per subscriber).
+    pub messages: u64,
+    /// One-way latency.
+    pub latency: Percentiles,
+    /// Messages per second (ping-pong: round trips; fan-out: published and delivered to all).
+    pub msgs_per_s: f64,
+    /// Payload megabytes per second delivered (all subscribers together).
+    pub mb_per_s: f64,
+}
+
+/// A whole run, as written with `--json`.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub benchmark: &'static str,
+    pub transport: String,
+    pub idle: String,
+    pub host: String,
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    /// Prints the table.
+    pub fn print(&self) {
+        println!(
+            "{} over {} ({} idle, {})",
+            self.benchmark, self.transport, self.idle, self.host
+        );
+        println!(
+            "{:>6} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10}",
+            "size", "subs", "msgs", "p50 us", "p99 us", "p99.9 us", "max us", "msgs/s", "MB/s"
+        );
+        for r in &self.rows {
+            println!(
+                "{:>6} {:>5} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12.0} {:>10.2}",
+                r.size,
+                r.subscribers,
+                r.messages,
+                r.latency.p50_ns as f64 / 1e3,
+                r.latency.p99_ns as f64 / 1e3,
+                r.latency.p999_ns as f64 / 1e3,
+                r.latency.max_ns as f64 / 1e3,
+                r.msgs_per_s,
+                r.mb_per_s
+            );
+        }
+    }
+
+    /// Writes `--json` and `--svg` outputs.
+    pub fn save(
+        &self,
+        json: Option<&std::path::Path>,
+        svg: Option<&std::path::Path>,
+    ) -> Result<(), rdmabus::Error> {
+        if let Some(p) = json {
+            let text = serde_json::to_string_pretty(self).expect("report serializes");
+            std::fs::write(p, text)
+                .map_err(|e| rdmabus::Error::io(format!("writing {}", p.display()), e))?;
+        }
+        if let Some(p) = svg {
+            let title = format!(
+                "rdmabus {} over {} — one-way latency by percentile",
+                self.benchmark, self.transport
+            );
+            std::fs::write(p, super::plot::svg(&title, &self.rows))
+                .map_err(|e| rdmabus::Error::io(format!("writing {}", p.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `uname -srm`-like description of where this ran.
+pub fn host() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "Linux {} {}, {} CPUs",
+        release.trim(),
+        std::env::consts::ARCH,
+        rdmabus::affinity::allowed_cpus().len()
+    )
+}
