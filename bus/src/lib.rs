@@ -32,6 +32,7 @@ mod psk;
 mod publisher;
 pub mod shm;
 mod stats;
+pub mod stats_file;
 mod subscriber;
 mod transport;
 pub mod verbs;

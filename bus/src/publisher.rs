@@ -3,7 +3,8 @@
 use crate::clock::now_ns;
 use crate::control::node::{NodeShared, TopicShared};
 use crate::control::session::{Ended, LinkState};
-use crate::stats::{bump, LinkCounters, LinkEnd, PublisherStats, SubscriberInfo};
+use crate::stats::{LinkEnd, PublisherStats, SubscriberInfo};
+use crate::stats_file::{link as L, topic as TP, Counters, Kind};
 use crate::transport::RemoteRing;
 use crate::{Error, IdleStrategy, Message, Policy};
 use memmap2::MmapMut;
@@ -128,7 +129,7 @@ impl<T: Message> PublisherBuilder<T> {
             next_seq: 0,
             policy: self.policy,
             idle: self.idle,
-            published: 0,
+            counters: Counters::new(Kind::Topic, 0, &self.topic),
             _t: PhantomData,
         })
     }
@@ -142,7 +143,7 @@ struct Link {
     geometry: RingGeometry,
     credit: CreditTracker,
     state: Arc<LinkState>,
-    counters: Arc<LinkCounters>,
+    counters: Counters,
     dropped_pending: u64,
 }
 
@@ -151,7 +152,7 @@ impl Link {
     /// the subscriber told why. The other subscribers are not touched.
     #[cold]
     fn fail(&self, why: String) {
-        bump(&self.counters.errors, 1);
+        self.counters.entry().add(L::ERRORS, 1);
         tracing::warn!(id = self.id, name = %self.name, "cutting subscriber loose: {why}");
         self.state.close_locally(GoodbyeReason::Error, why);
     }
@@ -160,10 +161,10 @@ impl Link {
         SubscriberInfo {
             id: self.id,
             name: self.name.clone(),
-            sent: self.counters.sent.load(Ordering::Relaxed),
-            dropped: self.counters.dropped.load(Ordering::Relaxed),
-            credit_stalls: self.counters.credit_stalls.load(Ordering::Relaxed),
-            errors: self.counters.errors.load(Ordering::Relaxed),
+            sent: self.counters.entry().get(L::SENT),
+            dropped: self.counters.entry().get(L::DROPPED),
+            credit_stalls: self.counters.entry().get(L::CREDIT_STALLS),
+            errors: self.counters.entry().get(L::ERRORS),
             end: match self.state.ended() {
                 Ended::Active => LinkEnd::Active,
                 Ended::Local(r, m) => LinkEnd::Cut(r, m),
@@ -190,7 +191,7 @@ pub struct Publisher<T> {
     next_seq: u64,
     policy: Policy,
     idle: IdleStrategy,
-    published: u64,
+    counters: Counters,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -342,7 +343,7 @@ impl<T> Publisher<T> {
         let mut subscribers: Vec<_> = self.links.iter().map(Link::info).collect();
         subscribers.extend(self.departed.iter().cloned());
         PublisherStats {
-            published: self.published,
+            published: self.counters.entry().get(TP::PUBLISHED),
             subscribers,
         }
     }
@@ -369,6 +370,8 @@ impl<T> Publisher<T> {
         let mut pending = self.topic.pending.lock().unwrap_or_else(|p| p.into_inner());
         self.topic.has_pending.store(false, Ordering::Release);
         for l in pending.drain(..) {
+            self.counters.entry().add(TP::JOINS, 1);
+            l.counters.entry().set(L::ACTIVE, 1);
             self.links.push(Link {
                 id: l.id,
                 name: l.name,
@@ -391,6 +394,7 @@ impl<T> Publisher<T> {
             } else {
                 let link = self.links.swap_remove(i);
                 let info = link.info();
+                self.counters.entry().add(TP::LEAVES, 1);
                 tracing::info!(topic = %self.topic.name, id = info.id, name = %info.name, end = ?info.end, "subscriber removed");
                 self.departed.push(info);
             }
@@ -414,7 +418,7 @@ impl<T> Publisher<T> {
         }
         self.next_seq = seq.wrapping_add(1);
         self.topic.next_seq.store(self.next_seq, Ordering::Relaxed);
-        self.published += 1;
+        self.counters.entry().add(TP::PUBLISHED, 1);
         Ok(seq)
     }
 }
@@ -439,7 +443,7 @@ fn deliver(
         }
     }
     if link.credit.available() == 0 {
-        bump(&link.counters.credit_stalls, 1);
+        link.counters.entry().add(L::CREDIT_STALLS, 1);
         match policy {
             Policy::Block => {
                 let mut rounds = 0u32;
@@ -457,7 +461,7 @@ fn deliver(
             }
             Policy::Drop => {
                 link.dropped_pending += 1;
-                bump(&link.counters.dropped, 1);
+                link.counters.entry().add(L::DROPPED, 1);
                 return true;
             }
             Policy::Disconnect => {
@@ -480,7 +484,7 @@ fn deliver(
         return false;
     }
     link.dropped_pending = 0;
-    bump(&link.counters.sent, 1);
+    link.counters.entry().add(L::SENT, 1);
     true
 }
 

@@ -2,26 +2,6 @@
 //! other threads take snapshots.
 
 use rdmabus_proto::handshake::GoodbyeReason;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Adds one to a counter that only the calling thread writes (a plain load and store, no
-/// locked read-modify-write).
-#[inline]
-pub(crate) fn bump(c: &AtomicU64, by: u64) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add(by),
-        Ordering::Relaxed,
-    );
-}
-
-/// Per-subscriber counters kept by the publisher.
-#[derive(Default, Debug)]
-pub(crate) struct LinkCounters {
-    pub sent: AtomicU64,
-    pub dropped: AtomicU64,
-    pub credit_stalls: AtomicU64,
-    pub errors: AtomicU64,
-}
 
 /// How a subscriber's link stands or ended, as the publisher sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 use crate::control::session::{Ended, LinkState};
 use crate::control::{connect, ConnectParams};
 use crate::stats::SubscriberStats;
+use crate::stats_file::{sub as S, Counters, Kind};
 use crate::transport::LocalRing;
 use crate::{Error, IdleStrategy, Message, Psk, Transport};
 use rdmabus_proto::codec;
@@ -139,7 +140,12 @@ impl<T: Message> SubscriberBuilder<T> {
             held: None,
             checked: self.checked,
             idle: self.idle,
-            stats: SubscriberStats::default(),
+            counters: Counters::new(
+                Kind::Subscription,
+                c.welcome.subscriber_id,
+                &format!("{}/{}", self.topic, self.name),
+            ),
+            sampled: 0,
             _t: PhantomData,
         })
     }
@@ -231,7 +237,8 @@ pub struct Subscriber<T> {
     held: Option<SlotHeader>,
     checked: bool,
     idle: IdleStrategy,
-    stats: SubscriberStats,
+    counters: Counters,
+    sampled: u32,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -275,7 +282,14 @@ impl<T: Message> Subscriber<T> {
 
     /// Counters so far.
     pub fn stats(&self) -> SubscriberStats {
-        self.stats
+        let e = self.counters.entry();
+        SubscriberStats {
+            received: e.get(S::RECEIVED),
+            gaps: e.get(S::GAPS),
+            lost: e.get(S::LOST),
+            dropped_announced: e.get(S::ANNOUNCED),
+            corrupt: e.get(S::CORRUPT),
+        }
     }
 
     /// One busy-poll step: the next event, or `None` if nothing arrived. Releases the slot of
@@ -364,10 +378,11 @@ impl<T: Message> Subscriber<T> {
         };
         // Report the gap now; the message that revealed it comes on the next poll.
         self.held = Some(header);
-        self.stats.gaps += 1;
-        self.stats.lost += count;
+        let e = self.counters.entry();
+        e.add(S::GAPS, 1);
+        e.add(S::LOST, count);
         if announced {
-            self.stats.dropped_announced += count;
+            e.add(S::ANNOUNCED, count);
         }
         Ok(Some(Step::Gap {
             first,
@@ -401,7 +416,7 @@ impl<T: Message> Subscriber<T> {
             match codec::access::<T>(bytes) {
                 Ok(v) => v,
                 Err(e) => {
-                    self.stats.corrupt += 1;
+                    self.counters.entry().add(S::CORRUPT, 1);
                     return Err(Error::Corrupt {
                         seq: Some(header.seq),
                         reason: e.to_string(),
@@ -414,7 +429,14 @@ impl<T: Message> Subscriber<T> {
             // slot plus the 32-byte header), enough for rkyv's archived types.
             unsafe { codec::access_unchecked::<T>(bytes) }
         };
-        self.stats.received += 1;
+        let e = self.counters.entry();
+        e.add(S::RECEIVED, 1);
+        // One message in eight feeds the live latency histogram: the clock read stays off
+        // the other seven.
+        self.sampled = self.sampled.wrapping_add(1);
+        if self.sampled & 7 == 0 {
+            e.record_latency(crate::clock::now_ns().saturating_sub(header.publish_ns));
+        }
         Ok(Event::Message(Received {
             header,
             value,
@@ -424,7 +446,7 @@ impl<T: Message> Subscriber<T> {
 
     fn corrupt(&mut self, seq: Option<u64>, reason: String) -> Error {
         self.release_pending = true;
-        self.stats.corrupt += 1;
+        self.counters.entry().add(S::CORRUPT, 1);
         Error::Corrupt { seq, reason }
     }
 

@@ -4,7 +4,6 @@ use super::framed::FramedStream;
 use super::node::{NewLink, NodeEvent, NodeShared, TopicShared};
 use super::session::{self, LinkState};
 use crate::shm::{shm_dir, ShmRemoteRing};
-use crate::stats::LinkCounters;
 use crate::transport::RemoteRing;
 use crate::verbs::{self, VerbsRemoteRing};
 use crate::Error;
@@ -250,7 +249,11 @@ fn handshake(
         ring,
         geometry,
         state: LinkState::new(),
-        counters: Arc::new(LinkCounters::default()),
+        counters: crate::stats_file::Counters::new(
+            crate::stats_file::Kind::Link,
+            id,
+            &format!("{}/{name}", hello.topic),
+        ),
     };
     Ok((topic, link, format!("{}/{name}", hello.topic)))
 }

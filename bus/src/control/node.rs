@@ -1,7 +1,6 @@
 //! A node: the control-plane listener of one process, hosting any number of topics.
 
 use super::accept;
-use crate::stats::LinkCounters;
 use crate::transport::RemoteRing;
 use crate::{Error, Message, Psk, PublisherBuilder};
 use rdmabus_proto::RingGeometry;
@@ -45,7 +44,7 @@ pub(crate) struct NewLink {
     pub ring: Box<dyn RemoteRing>,
     pub geometry: RingGeometry,
     pub state: Arc<crate::control::session::LinkState>,
-    pub counters: Arc<LinkCounters>,
+    pub counters: crate::stats_file::Counters,
 }
 
 /// What the control plane knows of one topic.

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd_demo;
 mod cmd_pub;
+mod cmd_stat;
 mod cmd_sub;
 mod keyopt;
 mod report;
@@ -34,6 +35,8 @@ enum Command {
     Sub(cmd_sub::SubArgs),
     /// Measure: ping-pong latency and fan-out throughput, per size, over either transport.
     Bench(bench::BenchArgs),
+    /// Show the live counters of every running rdmabus process, refreshing, like top.
+    Stat(cmd_stat::StatArgs),
 }
 
 fn main() {
@@ -50,7 +53,9 @@ fn main() {
         Command::Pub(a) => cmd_pub::run(a),
         Command::Sub(a) => cmd_sub::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Stat(a) => cmd_stat::run(a),
     };
+    rdmabus::stats_file::remove_own_file();
     if let Err(e) = result {
         eprintln!("rdmabus: error: {e}");
         std::process::exit(2);

@@ -1,0 +1,68 @@
+//! `rdmabus stat`, a separate process, reads this process's live counters from its stats file.
+
+mod common;
+
+use common::psk;
+use rdmabus::proto::market::Quote;
+use rdmabus::{Event, Subscriber};
+use serde_json::Value;
+use std::time::Duration;
+
+fn stat_once() -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+        .args([
+            "stat",
+            "--once",
+            "--json",
+            "--pid",
+            &std::process::id().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn counter(procs: &Value, kind: &str, name: &str, i: usize) -> u64 {
+    procs[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == kind && r["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {procs}"))["counters"][i]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn another_process_reads_the_live_counters() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = node.publisher::<Quote>("stat.q").build().unwrap();
+    let mut s = Subscriber::<Quote>::builder(node.local_addr(), "stat.q")
+        .psk(psk())
+        .transport(common::transport())
+        .name("watcher")
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(10)).unwrap();
+    for round in 1..=2u64 {
+        for i in 0..100 {
+            p.publish(&Quote::synthetic(i)).unwrap();
+            assert!(matches!(s.recv().unwrap(), Event::Message(_)));
+        }
+        // The counters move between two reads by another process.
+        let procs = stat_once();
+        assert_eq!(procs[0]["pid"], std::process::id());
+        assert_eq!(counter(&procs, "topic", "stat.q", 0), 100 * round);
+        assert_eq!(counter(&procs, "link", "stat.q/watcher", 0), 100 * round);
+        // The last message's slot is released on the next poll, and counted on delivery.
+        assert_eq!(
+            counter(&procs, "subscription", "stat.q/watcher", 0),
+            100 * round
+        );
+    }
+}
