@@ -345,9 +345,10 @@ impl<T: Message> Subscriber<T> {
             return Ok(Some(Step::Message(h)));
         }
         let Some(imm) = self.local.poll()? else {
-            if let Some(pos) = self.credit.idle() {
-                self.local.return_credit(pos)?;
-            }
+            // No credit is written back on idle: it goes back every quarter ring, and a
+            // publisher can only be out of credit while three quarters of the ring are still
+            // on their way here, so an idle subscriber never leaves it stuck. (Over verbs an
+            // idle return would cost one extra RDMA write per message in a ping-pong.)
             if !self.state.is_active() {
                 return Err(self.ended_error());
             }

@@ -116,7 +116,10 @@ impl CreditTracker {
 }
 
 /// Subscriber-side policy for writing the consumed position back to the publisher: every
-/// `threshold` releases (a quarter ring by default), and whenever the subscriber goes idle.
+/// `threshold` releases (a quarter ring by default). With a threshold of at most the ring
+/// size this alone keeps the publisher going: it is out of credit only while
+/// `slots - threshold` written slots have not been seen by the subscriber yet, so the
+/// subscriber is never idle then. `idle()` returns the rest for a subscriber that wants to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreditReturner {
     threshold: u64,
@@ -253,6 +256,35 @@ mod tests {
             if let Some(p) = subscriber.idle() { credit_word = p; }
             publisher.update(credit_word).unwrap();
             prop_assert_eq!(publisher.available(), slots as u64);
+        }
+
+        /// With credit returned only every `threshold` releases (never on idle), the publisher is
+        /// out of credit only while the subscriber still has written messages to read: progress
+        /// never depends on an idle return. Checked for every threshold up to the ring size.
+        #[test]
+        fn threshold_returns_alone_never_deadlock(shift in 1u32..6, t in 1u64..=32, start in any::<u64>(), ops in ops()) {
+            let slots = 1u32 << shift;
+            let threshold = t.min(slots as u64);
+            let mut publisher = CreditTracker::new(slots, start);
+            let mut subscriber = CreditReturner::with_threshold(threshold, start);
+            let mut credit_word = start;
+            let mut unread: u64 = 0;
+            for op in ops {
+                match op {
+                    Op::Write | Op::Idle => {
+                        publisher.update(credit_word).unwrap();
+                        if publisher.acquire().is_some() {
+                            unread += 1;
+                        } else {
+                            prop_assert!(unread >= slots as u64 - threshold + 1, "stuck: {} unread", unread);
+                        }
+                    }
+                    Op::Read => if unread > 0 {
+                        unread -= 1;
+                        if let Some(pos) = subscriber.release() { credit_word = pos; }
+                    },
+                }
+            }
         }
 
         /// Any report outside consumed..=written is refused and changes nothing.
