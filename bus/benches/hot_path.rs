@@ -7,7 +7,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rdmabus::proto::codec;
-use rdmabus::proto::market::Quote;
+use rdmabus::proto::credit::{CreditReturner, CreditTracker};
+use rdmabus::proto::gap::GapTracker;
+use rdmabus::proto::market::{BookUpdate, Quote};
+use rdmabus::proto::RingGeometry;
 use rdmabus::{Event, Node, Psk, Subscriber};
 use std::time::Duration;
 
@@ -64,8 +67,8 @@ fn round_trip(c: &mut Criterion) {
 
 fn pieces(c: &mut Criterion) {
     #[repr(align(64))]
-    struct Slot([u8; 256]);
-    let mut slot = Slot([0; 256]);
+    struct Slot([u8; 2048]);
+    let mut slot = Slot([0; 2048]);
     let q = Quote::synthetic(42);
     let mut g = c.benchmark_group("codec_quote");
     g.bench_function("serialize_in_place", |b| {
@@ -78,6 +81,64 @@ fn pieces(c: &mut Criterion) {
                 .unwrap()
                 .bid_px
                 .to_native()
+        })
+    });
+    g.bench_function("access_unchecked", |b| {
+        b.iter(|| {
+            // SAFETY: the bytes were just written by encode_into for this type.
+            let q = unsafe { codec::access_unchecked::<Quote>(black_box(&slot.0[..n])) };
+            q.bid_px.to_native()
+        })
+    });
+    g.finish();
+
+    let book = BookUpdate::synthetic(7);
+    let mut g = c.benchmark_group("codec_book");
+    g.bench_function("serialize_in_place", |b| {
+        b.iter(|| codec::encode_into(black_box(&book), &mut slot.0).unwrap())
+    });
+    let n = codec::encode_into(&book, &mut slot.0).unwrap();
+    g.bench_function("access_validated", |b| {
+        b.iter(|| {
+            codec::access::<BookUpdate>(black_box(&slot.0[..n]))
+                .unwrap()
+                .bids
+                .len()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("ring_math");
+    let geometry = RingGeometry::new(1024, 128).unwrap();
+    let mut pos = 0u64;
+    g.bench_function("slot_offset", |b| {
+        b.iter(|| {
+            pos = pos.wrapping_add(1);
+            geometry.offset(black_box(pos))
+        })
+    });
+    let mut credit = CreditTracker::new(1024, 0);
+    let mut returner = CreditReturner::new(1024, 0);
+    let mut word = 0;
+    g.bench_function("credit_acquire_release", |b| {
+        b.iter(|| {
+            if credit.available() == 0 {
+                credit.update(word).unwrap();
+            }
+            let p = credit.acquire().unwrap();
+            if let Some(w) = returner.release() {
+                word = w;
+            }
+            p
+        })
+    });
+    let mut gaps = GapTracker::expecting(0);
+    let mut seq = 0u64;
+    g.bench_function("gap_observe", |b| {
+        b.iter(|| {
+            let e = gaps.observe(black_box(seq));
+            seq += 1;
+            e
         })
     });
     g.finish();

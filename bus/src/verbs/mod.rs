@@ -59,3 +59,9 @@ pub(crate) fn random_psn() -> u32 {
     getrandom::getrandom(&mut b).expect("OS random source");
     u32::from_le_bytes(b) & 0x00ff_ffff
 }
+
+/// Active MTU, in bytes, of port 1 of device `name`.
+pub fn port_mtu(name: &str) -> Result<u32, Error> {
+    let ctx = context::Context::open(name)?;
+    Ok(mtu_bytes(ctx.active_mtu))
+}

@@ -38,6 +38,9 @@ pub struct PubArgs {
     /// How to wait when blocked: spin, yield, backoff.
     #[arg(long, default_value = "spin")]
     pub idle: IdleStrategy,
+    /// Pin the publishing thread to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
     /// Print a JSON report on stdout at the end.
     #[arg(long)]
     pub json: bool,
@@ -107,6 +110,9 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
     );
     for p in pubs.iter_mut() {
         p.wait_for_subscribers(args.wait_subscribers, Duration::from_secs(60))?;
+    }
+    if let Some(cpu) = args.cpu {
+        rdmabus::affinity::pin_current_thread(cpu)?;
     }
     let deadline = args
         .seconds

@@ -47,6 +47,9 @@ pub struct SubArgs {
     /// Print a JSON report on stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// Pin the polling thread to this CPU (give it an isolated core for steady latency).
+    #[arg(long)]
+    pub cpu: Option<usize>,
     /// Transport: shm (same machine) or verbs (RDMA).
     #[arg(long, default_value = "shm")]
     pub transport: Transport,
@@ -255,6 +258,9 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
             args.topics.join(", "),
             args.connect
         );
+    }
+    if let Some(cpu) = args.cpu {
+        rdmabus::affinity::pin_current_thread(cpu)?;
     }
     let deadline = args
         .seconds

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd_demo;
+mod cmd_doctor;
 mod cmd_pub;
 mod cmd_stat;
 mod cmd_sub;
@@ -37,6 +38,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Show the live counters of every running rdmabus process, refreshing, like top.
     Stat(cmd_stat::StatArgs),
+    /// Check this machine: RDMA devices, ports, GIDs, MTU, memlock, hugepages, CPU governor,
+    /// isolated CPUs, thread pinning; each with a verdict and a hint.
+    Doctor(cmd_doctor::DoctorArgs),
 }
 
 fn main() {
@@ -54,6 +58,7 @@ fn main() {
         Command::Sub(a) => cmd_sub::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Stat(a) => cmd_stat::run(a),
+        Command::Doctor(a) => cmd_doctor::run(a),
     };
     rdmabus::stats_file::remove_own_file();
     if let Err(e) = result {
