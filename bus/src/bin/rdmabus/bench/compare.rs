@@ -18,6 +18,10 @@ pub struct CompareArgs {
     /// `rdmabus bench fanout --json` output with 1-subscriber rows per size.
     #[arg(long, value_name = "FILE")]
     pub fanout: PathBuf,
+    /// `rdmabus bench fanout --json` output with several subscriber counts; compared with
+    /// `ib_write_bw -q N` outputs named `bw-qN-SIZE.txt` in the perftest folder.
+    #[arg(long, value_name = "FILE")]
+    pub scaling: Option<PathBuf>,
 }
 
 /// The data row of a perftest report: the first line of numbers after its header.
@@ -92,5 +96,38 @@ pub fn run(a: CompareArgs) -> Result<(), Error> {
             f(raw_bw.zip(rate).map(|(raw, r)| r / 1e6 / raw), 2),
         );
     }
+    if let Some(scaling) = &a.scaling {
+        println!();
+        scaling_table(&a.perftest, &load(scaling)?);
+    }
     Ok(())
+}
+
+/// Fan-out against N raw queue pairs: `ib_write_bw -q N` spreads its writes over N QPs, so its
+/// aggregate rate ÷ N is what each of N subscribers could get from raw verbs on this device.
+fn scaling_table(perftest: &Path, fo: &Value) {
+    println!("| size B | subscribers | ib_write_bw -q N, all QPs Mmsg/s | raw per destination msgs/s | bus msgs/s (to every subscriber) | bus writes/s | rate ratio (bus ÷ raw) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for r in fo["rows"].as_array().into_iter().flatten() {
+        let (Some(size), Some(n), Some(rate)) = (
+            r["size"].as_u64(),
+            r["subscribers"].as_u64(),
+            r["msgs_per_s"].as_f64(),
+        ) else {
+            continue;
+        };
+        let raw = perftest_row(&perftest.join(format!("bw-q{n}-{size}.txt")))
+            .ok()
+            .map(|c| c[4] * 1e6);
+        let per_dest = raw.map(|raw| raw / n as f64);
+        let f =
+            |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
+        println!(
+            "| {size} | {n} | {} | {} | {rate:.0} | {:.0} | {} |",
+            f(raw.map(|r| r / 1e6), 4),
+            f(per_dest, 0),
+            rate * n as f64,
+            f(per_dest.map(|p| rate / p), 2),
+        );
+    }
 }
