@@ -24,10 +24,16 @@ pub struct CompareArgs {
     pub scaling: Option<PathBuf>,
 }
 
-/// The data row of a perftest report: the first line of numbers after its header.
+/// The data row of a perftest report file.
 fn perftest_row(path: &Path) -> Result<Vec<f64>, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    parse_perftest_row(&text)
+        .ok_or_else(|| Error::Protocol(format!("no perftest result row in {}", path.display())))
+}
+
+/// The first line of at least five numbers after a `#bytes` header (a failed run has none).
+fn parse_perftest_row(text: &str) -> Option<Vec<f64>> {
     let mut seen_header = false;
     for line in text.lines() {
         if line.trim_start().starts_with("#bytes") {
@@ -39,15 +45,12 @@ fn perftest_row(path: &Path) -> Result<Vec<f64>, Error> {
                 line.split_whitespace().map(str::parse::<f64>).collect();
             if let Ok(cols) = cols {
                 if cols.len() >= 5 {
-                    return Ok(cols);
+                    return Some(cols);
                 }
             }
         }
     }
-    Err(Error::Protocol(format!(
-        "no perftest result row in {}",
-        path.display()
-    )))
+    None
 }
 
 fn load(path: &Path) -> Result<Value, Error> {
@@ -129,5 +132,36 @@ fn scaling_table(perftest: &Path, fo: &Value) {
             rate * n as f64,
             f(per_dest.map(|p| rate / p), 2),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_perftest_row;
+
+    const LAT: &str = "\
+ GID: 00:00:00:00:00:00:00:00:00:00:255:255:10:77:00:02
+---------------------------------------------------------------------------------------
+ #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec] 
+ 64      3000          55.12          3202.51      114.20     \t       130.84     \t98.37\t\t473.90 \t\t1201.13
+---------------------------------------------------------------------------------------
+";
+    const BW: &str = "\
+ #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]
+ 64         40000            0.65               0.51   \t\t   0.008326
+---------------------------------------------------------------------------------------
+";
+
+    #[test]
+    fn reads_latency_and_bandwidth_rows() {
+        assert_eq!(parse_perftest_row(LAT).unwrap()[4], 114.20);
+        assert_eq!(parse_perftest_row(BW).unwrap()[4], 0.008326);
+    }
+
+    #[test]
+    fn a_failed_run_has_no_row() {
+        let failed = "---\n #bytes     #iterations    BW peak[MB/sec]    BW average[MB/sec]   MsgRate[Mpps]\n";
+        assert!(parse_perftest_row(failed).is_none());
+        assert!(parse_perftest_row("Couldn't connect to 10.77.0.2:18515").is_none());
     }
 }
