@@ -2,7 +2,7 @@
 //! messages published divided by the time until the last subscriber has read them all;
 //! latency is one-way, from the publisher's stamp to the subscriber reading in place.
 
-use super::result::{histogram, host, Percentiles, Report, Row};
+use super::result::{histogram, host, Percentiles, Row};
 use super::Common;
 use rdmabus::proto::bench::BenchMsg;
 use rdmabus::{Error, Event, Node, Psk, Subscriber};
@@ -35,31 +35,20 @@ pub fn run(args: FanoutArgs) -> Result<(), Error> {
     let c = args.common.clone();
     c.check()?;
     let host = host();
-    let ip = match args.publisher {
-        Some(ip) => ip,
-        None => c.default_ip()?,
-    };
+    let ip = c.ip_or_default(args.publisher)?;
+    if args.subscribers.contains(&0) {
+        return Err(Error::Config("--subscribers must be at least 1".into()));
+    }
     let mut rows = Vec::new();
     for &n in &args.subscribers {
         for &size in &c.sizes {
             rows.push(one(&c, &args, ip, n, size)?);
         }
     }
-    let report = Report {
-        benchmark: "fanout",
-        transport: format!("{:?}", c.transport).to_lowercase(),
-        idle: format!("{:?}", c.idle),
-        host,
-        rows,
-    };
-    report.print();
-    report.save(c.json.as_deref(), c.svg.as_deref())
+    c.report("fanout", host, rows)
 }
 
 fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Result<Row, Error> {
-    if n == 0 {
-        return Err(Error::Config("--subscribers must be at least 1".into()));
-    }
     let psk = Psk::random();
     let node = Node::builder()
         .bind(format!("{ip}:0"))

@@ -71,8 +71,12 @@ impl Common {
         Ok(())
     }
 
-    /// The default address for a node: loopback for shm, the first RDMA interface for verbs.
-    fn default_ip(&self) -> Result<std::net::IpAddr, Error> {
+    /// `ip` if given, else the default address for a node: loopback for shm, the first RDMA
+    /// interface for verbs.
+    fn ip_or_default(&self, ip: Option<std::net::IpAddr>) -> Result<std::net::IpAddr, Error> {
+        if let Some(ip) = ip {
+            return Ok(ip);
+        }
         match self.transport {
             Transport::Shm => Ok([127, 0, 0, 1].into()),
             Transport::Verbs => rdmabus::verbs::device::first_ipv4()
@@ -83,6 +87,25 @@ impl Common {
                     )
                 }),
         }
+    }
+
+    /// Prints the rows as a table and writes `--json` and `--svg`. `host` is taken before any
+    /// thread is pinned, so that it counts every CPU the benchmark may use.
+    fn report(
+        &self,
+        benchmark: &'static str,
+        host: String,
+        rows: Vec<result::Row>,
+    ) -> Result<(), Error> {
+        let report = result::Report {
+            benchmark,
+            transport: format!("{:?}", self.transport).to_lowercase(),
+            idle: format!("{:?}", self.idle),
+            host,
+            rows,
+        };
+        report.print();
+        report.save(self.json.as_deref(), self.svg.as_deref())
     }
 
     /// Pins the calling thread to the `i`th CPU of `--cpu`, if given.

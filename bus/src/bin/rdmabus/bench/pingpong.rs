@@ -1,7 +1,7 @@
 //! Ping-pong: node A publishes "bench.ping"; an echo thread on node B forwards each message's
 //! archive unchanged on "bench.pong"; A times the round trip. One-way latency is half of it.
 
-use super::result::{histogram, host, Percentiles, Report, Row};
+use super::result::{histogram, host, Percentiles, Row};
 use super::Common;
 use rdmabus::proto::bench::BenchMsg;
 use rdmabus::{Error, Event, Node, Psk, Subscriber};
@@ -28,10 +28,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
     let c = args.common.clone();
     c.check()?;
     let host = host();
-    let ip_a = match args.a {
-        Some(ip) => ip,
-        None => c.default_ip()?,
-    };
+    let ip_a = c.ip_or_default(args.a)?;
     let ip_b = args.b.unwrap_or(ip_a);
     let psk = Psk::random();
     let max = *c.sizes.iter().max().expect("sizes checked");
@@ -129,13 +126,5 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
     drop(ping);
     echo.join()
         .map_err(|_| Error::Protocol("the echo thread panicked".into()))??;
-    let report = Report {
-        benchmark: "pingpong",
-        transport: format!("{:?}", c.transport).to_lowercase(),
-        idle: format!("{:?}", c.idle),
-        host,
-        rows,
-    };
-    report.print();
-    report.save(c.json.as_deref(), c.svg.as_deref())
+    c.report("pingpong", host, rows)
 }

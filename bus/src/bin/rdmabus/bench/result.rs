@@ -1,5 +1,6 @@
 //! Benchmark results: percentiles, the table, and the JSON file.
 
+use crate::report::Latency;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -13,14 +14,12 @@ pub const CURVE: &[f64] = &[
     0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
 ];
 
-/// Summary of one histogram.
+/// Summary of one histogram: the percentiles every report carries, and a curve for plots.
 #[derive(Serialize, Clone, Debug)]
 pub struct Percentiles {
-    pub count: u64,
-    pub p50_ns: u64,
-    pub p99_ns: u64,
-    pub p999_ns: u64,
-    pub max_ns: u64,
+    /// count, p50/p99/p99.9/max in ns (flattened: the JSON keeps them at this level).
+    #[serde(flatten)]
+    pub summary: Latency,
     /// (percentile, ns) along `CURVE`, for plots.
     pub curve: Vec<(f64, u64)>,
 }
@@ -28,11 +27,7 @@ pub struct Percentiles {
 impl Percentiles {
     pub fn of(h: &Histogram<u64>) -> Self {
         Self {
-            count: h.len(),
-            p50_ns: h.value_at_quantile(0.5),
-            p99_ns: h.value_at_quantile(0.99),
-            p999_ns: h.value_at_quantile(0.999),
-            max_ns: h.max(),
+            summary: Latency::from_histogram(h),
             curve: CURVE
                 .iter()
                 .map(|&p| (p, h.value_at_percentile(p)))
@@ -87,10 +82,10 @@ impl Report {
                 r.size,
                 r.subscribers,
                 r.messages,
-                r.latency.p50_ns as f64 / 1e3,
-                r.latency.p99_ns as f64 / 1e3,
-                r.latency.p999_ns as f64 / 1e3,
-                r.latency.max_ns as f64 / 1e3,
+                r.latency.summary.p50_ns as f64 / 1e3,
+                r.latency.summary.p99_ns as f64 / 1e3,
+                r.latency.summary.p999_ns as f64 / 1e3,
+                r.latency.summary.max_ns as f64 / 1e3,
                 r.msgs_per_s,
                 r.mb_per_s
             );
