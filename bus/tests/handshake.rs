@@ -171,9 +171,7 @@ fn fake_publisher(reply: Vec<u8>) -> SocketAddr {
 fn wrong_version_from_a_publisher() {
     let reply = ControlMsg::Reject(Reject::new(RejectCode::BadMessage, "x")).encode_with_version(9);
     let addr = fake_publisher(reply);
-    let err = Subscriber::<Quote>::builder(addr, "quotes")
-        .psk(psk())
-        .transport(common::transport())
+    let err = common::subscriber::<Quote>(addr, "quotes", psk())
         .connect()
         .err()
         .unwrap();
@@ -193,9 +191,7 @@ fn wrong_version_from_a_publisher() {
 #[test]
 fn garbage_from_a_publisher() {
     let addr = fake_publisher(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec());
-    let err = Subscriber::<Quote>::builder(addr, "quotes")
-        .psk(psk())
-        .transport(common::transport())
+    let err = common::subscriber::<Quote>(addr, "quotes", psk())
         .connect()
         .err()
         .unwrap();
@@ -205,9 +201,7 @@ fn garbage_from_a_publisher() {
 #[test]
 fn unknown_topic() {
     let (node, _p) = node_with_quotes();
-    let err = Subscriber::<Quote>::builder(node.local_addr(), "nope")
-        .psk(psk())
-        .transport(common::transport())
+    let err = common::subscriber::<Quote>(node.local_addr(), "nope", psk())
         .connect()
         .err()
         .unwrap();
@@ -221,9 +215,7 @@ fn unknown_topic() {
 #[test]
 fn wrong_message_type() {
     let (node, _p) = node_with_quotes();
-    let err = Subscriber::<Trade>::builder(node.local_addr(), "quotes")
-        .psk(psk())
-        .transport(common::transport())
+    let err = common::subscriber::<Trade>(node.local_addr(), "quotes", psk())
         .connect()
         .err()
         .unwrap();
@@ -238,9 +230,7 @@ fn wrong_message_type() {
 fn geometry_out_of_bounds() {
     let (node, _p) = node_with_quotes();
     // Refused locally before anything is sent.
-    let err = Subscriber::<Quote>::builder(node.local_addr(), "quotes")
-        .psk(psk())
-        .transport(common::transport())
+    let err = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
         .slots(3)
         .connect()
         .err()
@@ -346,9 +336,7 @@ fn message_out_of_order() {
 #[test]
 fn a_refused_subscriber_does_not_disturb_a_connected_one() {
     let (node, mut p) = node_with_quotes();
-    let mut good = Subscriber::<Quote>::builder(node.local_addr(), "quotes")
-        .psk(psk())
-        .transport(common::transport())
+    let mut good = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
         .connect()
         .unwrap();
     p.wait_for_subscribers(1, Duration::from_secs(5)).unwrap();

@@ -3,7 +3,7 @@
 mod common;
 
 use rdmabus::proto::market::{BookUpdate, Quote};
-use rdmabus::{Error, Event, Policy, Psk, Subscriber};
+use rdmabus::{Error, Event, Policy, Psk};
 use std::time::Duration;
 
 fn psk() -> Psk {
@@ -22,9 +22,7 @@ fn order_and_content_across_ring_wrap_from_near_u64_max() {
     publisher.set_next_seq(start);
     let addr = node.local_addr();
     let reader = std::thread::spawn(move || {
-        let mut sub = Subscriber::<Quote>::builder(addr, "q")
-            .psk(psk())
-            .transport(common::transport())
+        let mut sub = common::subscriber::<Quote>(addr, "q", psk())
             .slots(8)
             .connect()
             .unwrap();
@@ -61,9 +59,7 @@ fn corrupted_archive_is_rejected_and_the_stream_goes_on() {
         .policy(Policy::Block)
         .build()
         .unwrap();
-    let mut sub = Subscriber::<BookUpdate>::builder(node.local_addr(), "books")
-        .psk(psk())
-        .transport(common::transport())
+    let mut sub = common::subscriber::<BookUpdate>(node.local_addr(), "books", psk())
         .connect()
         .unwrap();
     publisher
@@ -124,9 +120,7 @@ fn oversized_message_is_refused_before_sending() {
 fn publisher_drop_is_reported_after_the_ring_drains() {
     let node = common::node_builder(psk()).start().unwrap();
     let mut publisher = node.publisher::<Quote>("bye").build().unwrap();
-    let mut sub = Subscriber::<Quote>::builder(node.local_addr(), "bye")
-        .psk(psk())
-        .transport(common::transport())
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "bye", psk())
         .connect()
         .unwrap();
     publisher
@@ -163,19 +157,13 @@ fn several_topics_per_node_and_several_nodes_per_process() {
         a.publisher::<Quote>("quotes").build().is_err(),
         "a topic has one publisher per node"
     );
-    let mut sqa = Subscriber::<Quote>::builder(a.local_addr(), "quotes")
-        .psk(psk())
-        .transport(common::transport())
+    let mut sqa = common::subscriber::<Quote>(a.local_addr(), "quotes", psk())
         .connect()
         .unwrap();
-    let mut sta = Subscriber::<Trade>::builder(a.local_addr(), "trades")
-        .psk(psk())
-        .transport(common::transport())
+    let mut sta = common::subscriber::<Trade>(a.local_addr(), "trades", psk())
         .connect()
         .unwrap();
-    let mut sqb = Subscriber::<Quote>::builder(b.local_addr(), "quotes")
-        .psk(psk())
-        .transport(common::transport())
+    let mut sqb = common::subscriber::<Quote>(b.local_addr(), "quotes", psk())
         .connect()
         .unwrap();
     for p in [&mut qa, &mut qb] {

@@ -4,7 +4,7 @@ mod common;
 
 use common::psk;
 use rdmabus::proto::market::Quote;
-use rdmabus::{Event, Subscriber};
+use rdmabus::Event;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -42,9 +42,7 @@ fn counter(procs: &Value, kind: &str, name: &str, i: usize) -> u64 {
 fn another_process_reads_the_live_counters() {
     let node = common::node_builder(psk()).start().unwrap();
     let mut p = node.publisher::<Quote>("stat.q").build().unwrap();
-    let mut s = Subscriber::<Quote>::builder(node.local_addr(), "stat.q")
-        .psk(psk())
-        .transport(common::transport())
+    let mut s = common::subscriber::<Quote>(node.local_addr(), "stat.q", psk())
         .name("watcher")
         .connect()
         .unwrap();

@@ -138,6 +138,22 @@ pub fn u(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
+/// Asserts that a topic report (`topic()`) holds all `n` messages: none lost, none failing
+/// `--verify`.
+#[track_caller]
+pub fn assert_complete(t: &Value, n: u64) {
+    assert_eq!(
+        (
+            u(t, "received"),
+            u(t, "gaps"),
+            u(t, "lost"),
+            u(t, "verify_failures")
+        ),
+        (n, 0, 0, 0),
+        "{t}"
+    );
+}
+
 /// The transport the suite runs over: `RDMABUS_TEST_TRANSPORT` (shm by default, verbs in the
 /// Soft-RoCE guest).
 pub fn transport() -> rdmabus::Transport {
@@ -162,6 +178,17 @@ pub fn test_ip() -> String {
 }
 
 /// A node builder listening on the test address with `key`.
+/// A subscriber builder with `key` and the suite's transport (`RDMABUS_TEST_TRANSPORT`).
+pub fn subscriber<T: rdmabus::Message>(
+    addr: SocketAddr,
+    topic: &str,
+    key: Psk,
+) -> rdmabus::SubscriberBuilder<T> {
+    rdmabus::Subscriber::<T>::builder(addr, topic)
+        .psk(key)
+        .transport(transport())
+}
+
 pub fn node_builder(key: Psk) -> rdmabus::NodeBuilder {
     rdmabus::Node::builder()
         .bind(format!("{}:0", test_ip()))
