@@ -10,6 +10,16 @@ const TAIL: usize = 0;
 const HEAD: usize = 64;
 const ENTRIES: usize = 128;
 
+fn check_capacity(capacity: u32) -> Result<(), Error> {
+    if capacity.is_power_of_two() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "completion queue capacity {capacity} is not a power of two"
+        )))
+    }
+}
+
 /// One side of a shared completion queue.
 pub struct CompletionQueue {
     region: ShmRegion,
@@ -31,6 +41,31 @@ impl CompletionQueue {
             region,
             capacity: capacity as u64,
             local: 0,
+        })
+    }
+
+    /// Creates a queue of `capacity` (power of two) entries in a sealed memfd: the
+    /// subscriber's side.
+    pub fn create_sealed(capacity: u32) -> Result<Self, Error> {
+        check_capacity(capacity)?;
+        let region = ShmRegion::memfd("cq", Self::bytes_for(capacity))?;
+        Ok(Self {
+            region,
+            capacity: capacity as u64,
+            local: 0,
+        })
+    }
+
+    /// Maps the queue memfd the subscriber passed (checked by [`ShmRegion::from_peer_fd`]):
+    /// the publisher's side.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, capacity: u32) -> Result<Self, Error> {
+        check_capacity(capacity)?;
+        let region = ShmRegion::from_peer_fd(fd, Self::bytes_for(capacity), "completion queue")?;
+        let local = region.atomic_u64(TAIL).load(Ordering::Acquire);
+        Ok(Self {
+            region,
+            capacity: capacity as u64,
+            local,
         })
     }
 
@@ -58,8 +93,9 @@ impl CompletionQueue {
     fn entry(&self, pos: u64) -> &AtomicU32 {
         let idx = (pos & (self.capacity - 1)) as usize;
         // SAFETY: idx < capacity, so the entry lies inside the mapping that `bytes_for` sized;
-        // 4-aligned because ENTRIES is; every access to entries is atomic.
-        unsafe { &*(self.region.as_ptr().add(ENTRIES + 4 * idx) as *const AtomicU32) }
+        // 4-aligned because ENTRIES is; the pointer has write provenance (MmapRaw) and every
+        // access to entries, from either process, is atomic.
+        unsafe { &*(self.region.as_mut_ptr().add(ENTRIES + 4 * idx) as *const AtomicU32) }
     }
 
     /// Producer: appends `imm`. The caller guarantees room (credit bounds outstanding entries).

@@ -5,6 +5,7 @@ use crate::transport::RemoteRing;
 use crate::Error;
 use rdmabus_proto::slot::HEADER_LEN;
 use rdmabus_proto::{RingGeometry, SlotHeader};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -33,6 +34,44 @@ impl ShmRemoteRing {
         })
     }
 
+    /// Maps the subscriber's ring and queue memfds (each checked by
+    /// [`ShmRegion::from_peer_fd`]: regular, exact size, sealed against shrinking and growing)
+    /// and creates this link's credit word as a sealed memfd.
+    pub fn from_fds(ring: OwnedFd, cq: OwnedFd, geometry: RingGeometry) -> Result<Self, Error> {
+        let credit = ShmRegion::memfd("credit", CREDIT_FILE_LEN)?;
+        Self::from_fds_with_credit(ring, cq, credit, geometry)
+    }
+
+    /// Like [`Self::from_fds`], with a credit word made beforehand by
+    /// `ShmRegion::memfd("credit", CREDIT_FILE_LEN)`: what [`super::FdExchange::expect`] needs,
+    /// since it sends its reply (the credit descriptor) as the subscriber's fds arrive.
+    pub fn from_fds_with_credit(
+        ring: OwnedFd,
+        cq: OwnedFd,
+        credit: ShmRegion,
+        geometry: RingGeometry,
+    ) -> Result<Self, Error> {
+        if credit.len() != CREDIT_FILE_LEN {
+            return Err(Error::Config(format!(
+                "credit region is {} bytes, expected {CREDIT_FILE_LEN}",
+                credit.len()
+            )));
+        }
+        let ring = ShmRegion::from_peer_fd(ring, geometry.ring_bytes(), "ring")?;
+        let cq = CompletionQueue::from_fd(cq, geometry.slots())?;
+        Ok(Self {
+            ring,
+            cq,
+            credit,
+            geometry,
+        })
+    }
+
+    /// The credit memfd's descriptor, to pass to the subscriber.
+    pub fn credit_fd(&self) -> BorrowedFd<'_> {
+        self.credit.fd()
+    }
+
     /// Path of the credit file to announce in `Welcome`.
     pub fn credit_path(&self) -> String {
         self.credit.path_str()
@@ -58,10 +97,13 @@ impl RemoteRing for ShmRemoteRing {
         let len = payload.len().min(self.geometry.payload_capacity());
         let header = header.to_bytes();
         // SAFETY: index < slots (from RingGeometry::index), so offset + slot_size lies inside
-        // the ring mapping, whose length `open` checked; the payload is clamped to the slot.
-        // Credit guarantees the subscriber has released this slot, so it is not reading it.
+        // the ring mapping, whose length was checked (a sealed memfd cannot shrink; a legacy
+        // path-based file truncated by its owner faults, it never aliases other memory); the
+        // payload is clamped to the slot; the pointer has write
+        // provenance (MmapRaw). Credit guarantees the subscriber has released this slot, so
+        // it is not reading it; if it misbehaves, it only garbles its own copy.
         unsafe {
-            let dst = self.ring.as_ptr().add(offset);
+            let dst = self.ring.as_mut_ptr().add(offset);
             std::ptr::copy_nonoverlapping(header.as_ptr(), dst, HEADER_LEN);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(HEADER_LEN), len);
         }

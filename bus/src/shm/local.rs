@@ -4,6 +4,7 @@ use super::{CompletionQueue, ShmRegion};
 use crate::transport::LocalRing;
 use crate::Error;
 use rdmabus_proto::RingGeometry;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -30,6 +31,31 @@ impl ShmLocalRing {
         })
     }
 
+    /// Creates the ring and completion queue as sealed memfds, to pass with [`Self::fds`].
+    pub fn create_sealed(geometry: RingGeometry) -> Result<Self, Error> {
+        let ring = ShmRegion::memfd("ring", geometry.ring_bytes())?;
+        let cq = CompletionQueue::create_sealed(geometry.slots())?;
+        Ok(Self {
+            ring,
+            cq,
+            credit: None,
+            credit_offset: 0,
+            geometry,
+        })
+    }
+
+    /// The ring's and the completion queue's descriptors, in that order, for the publisher.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.ring.fd(), self.cq.region().fd()]
+    }
+
+    /// Maps the publisher's credit memfd (checked by [`ShmRegion::from_peer_fd`]) and stores
+    /// `start` into its word at `offset`.
+    pub fn attach_credit_fd(&mut self, fd: OwnedFd, offset: u64, start: u64) -> Result<(), Error> {
+        let credit = ShmRegion::from_peer_fd(fd, super::link::CREDIT_FILE_LEN, "credit word")?;
+        self.set_credit(credit, offset, start)
+    }
+
     /// Paths of the ring and queue files, for `Auth`.
     pub fn paths(&self) -> (String, String) {
         (self.ring.path_str(), self.cq.region().path_str())
@@ -38,6 +64,13 @@ impl ShmLocalRing {
     /// Maps the publisher's credit file, and unlinks our files (both sides have them now).
     pub fn attach_credit(&mut self, path: &Path, offset: u64, start: u64) -> Result<(), Error> {
         let credit = ShmRegion::open(path, super::link::CREDIT_FILE_LEN)?;
+        self.set_credit(credit, offset, start)?;
+        self.ring.unlink();
+        self.cq.region_mut().unlink();
+        Ok(())
+    }
+
+    fn set_credit(&mut self, credit: ShmRegion, offset: u64, start: u64) -> Result<(), Error> {
         let offset = usize::try_from(offset)
             .map_err(|_| Error::Protocol("credit offset out of range".into()))?;
         if offset % 8 != 0 || offset + 8 > credit.len() {
@@ -48,8 +81,6 @@ impl ShmLocalRing {
         credit.atomic_u64(offset).store(start, Ordering::Release);
         self.credit = Some(credit);
         self.credit_offset = offset;
-        self.ring.unlink();
-        self.cq.region_mut().unlink();
         Ok(())
     }
 }
@@ -63,9 +94,11 @@ impl LocalRing for ShmLocalRing {
     #[inline]
     fn slot(&self, index: u32) -> &[u8] {
         let offset = self.geometry.offset(index as u64);
-        // SAFETY: offset + slot_size lies inside the ring mapping (sized from the geometry).
+        // SAFETY: offset + slot_size lies inside the ring mapping (sized from the geometry),
+        // which lives as long as `self` and which we created (sealed memfd, or our own file).
         // The publisher writes this slot only before posting its completion and not again
-        // until we release it through credit, so the bytes are stable while borrowed.
+        // until we release it through credit, so the bytes are stable while borrowed (the
+        // `LocalRing` trait hands out `&[u8]`; the publisher is the one peer that can write).
         unsafe {
             std::slice::from_raw_parts(
                 self.ring.as_ptr().add(offset),

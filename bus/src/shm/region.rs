@@ -1,10 +1,16 @@
-//! A shared-memory file mapped read-write.
+//! Shared memory mapped read-write: a sealed memfd (passed between processes as a file
+//! descriptor), or, for now, a file under the shared-memory directory.
+//!
+//! The mapping is a [`MmapRaw`]: every access goes through a pointer with write provenance
+//! (or an atomic); no `&[u8]` to memory a peer can write is ever formed here.
 
 use crate::Error;
-use memmap2::MmapMut;
+use memmap2::{MmapOptions, MmapRaw};
 use rdmabus_proto::handshake::SHM_PREFIX;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,15 +24,152 @@ pub fn shm_dir() -> String {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A mapped shared-memory file. The mapping stays valid after the file is unlinked.
+/// The seals every memfd we create carries: its size can never change, nor its seals.
+const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// A mapped shared-memory region. The mapping stays valid after the file is unlinked.
 pub struct ShmRegion {
-    map: MmapMut,
+    map: MmapRaw,
+    fd: OwnedFd,
+    /// Empty for memfds.
     path: PathBuf,
     linked: bool,
 }
 
+/// Reserves the whole of `len` bytes of `fd` (tmpfs pages are allocated now, so a lack of
+/// memory is an error here and never a SIGBUS on first touch).
+pub(crate) fn reserve(fd: BorrowedFd<'_>, len: usize, what: &str) -> Result<(), Error> {
+    let off_len = libc::off_t::try_from(len)
+        .map_err(|_| Error::Config(format!("{what}: {len} bytes is too large")))?;
+    loop {
+        // SAFETY: fallocate on a descriptor we hold; no memory is passed.
+        let r = unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, off_len) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::io(
+                format!("reserving {len} bytes of shared memory for {what}"),
+                e,
+            ));
+        }
+    }
+}
+
+fn fstat(fd: BorrowedFd<'_>, what: &str) -> Result<libc::stat, Error> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat` the kernel fills in.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(Error::io(
+            format!("fstat of the {what} descriptor"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(st)
+}
+
+fn map(fd: BorrowedFd<'_>, len: usize, what: &str) -> Result<MmapRaw, Error> {
+    MmapOptions::new()
+        .len(len)
+        .map_raw(fd.as_raw_fd())
+        .map_err(|e| Error::io(format!("mapping {what} ({len} bytes)"), e))
+}
+
 impl ShmRegion {
-    /// Creates a new zeroed file `rdmabus-<pid>-<n>-<kind>` of `len` bytes (mode 0600) and maps it.
+    /// Creates a sealed anonymous memfd `rdmabus-<kind>` of `len` bytes, all of it reserved
+    /// up front (a lack of memory is an error now, never a SIGBUS later), and maps it.
+    pub fn memfd(kind: &str, len: usize) -> Result<Self, Error> {
+        if len == 0 {
+            return Err(Error::Config(format!("{kind}: a region of 0 bytes")));
+        }
+        let name = CString::new(format!("rdmabus-{kind}"))
+            .map_err(|_| Error::Config(format!("memfd name {kind:?} contains a NUL byte")))?;
+        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+        let raw = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if raw < 0 {
+            return Err(Error::io(
+                format!("creating the {kind} memfd"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        reserve(fd.as_fd(), len, &format!("the {kind} (memfd)"))?;
+        // SAFETY: F_ADD_SEALS on a descriptor we own; no memory is passed.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS) } != 0 {
+            return Err(Error::io(
+                format!("sealing the {kind} memfd"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let map = map(fd.as_fd(), len, &format!("the {kind} memfd"))?;
+        Ok(Self {
+            map,
+            fd,
+            path: PathBuf::new(),
+            linked: false,
+        })
+    }
+
+    /// Maps a memfd a peer passed us: it must be a regular file of exactly `len` bytes, sealed
+    /// against shrinking and growing (so the peer can never truncate it under our mapping).
+    /// `what` names it in errors ("ring", "completion queue", "credit word").
+    pub fn from_peer_fd(fd: OwnedFd, len: usize, what: &str) -> Result<Self, Error> {
+        let st = fstat(fd.as_fd(), what)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Error::Protocol(format!(
+                "{what} descriptor is not a regular file (mode {:o})",
+                st.st_mode
+            )));
+        }
+        // SAFETY: F_GET_SEALS on a descriptor we own; no memory is passed.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 {
+            return Err(Error::Protocol(format!(
+                "{what} descriptor is not a sealable memfd: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        for (seal, name) in [
+            (libc::F_SEAL_SHRINK, "shrinking"),
+            (libc::F_SEAL_GROW, "growing"),
+        ] {
+            if seals & seal == 0 {
+                return Err(Error::Protocol(format!(
+                    "{what} memfd is not sealed against {name}"
+                )));
+            }
+        }
+        // Sealed now, so this size can no longer change.
+        let size = fstat(fd.as_fd(), what)?.st_size;
+        if u64::try_from(size).ok() != Some(len as u64) {
+            return Err(Error::Protocol(format!(
+                "{what} memfd is {size} bytes, expected {len}"
+            )));
+        }
+        if len == 0 {
+            return Err(Error::Protocol(format!("{what} memfd is empty")));
+        }
+        let map = map(fd.as_fd(), len, &format!("the peer's {what} memfd"))?;
+        Ok(Self {
+            map,
+            fd,
+            path: PathBuf::new(),
+            linked: false,
+        })
+    }
+
+    /// The descriptor behind the mapping, to pass to the peer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Creates a new zeroed file `rdmabus-<pid>-<n>-<kind>` of `len` bytes (mode 0600, all of
+    /// it reserved up front) and maps it. Superseded by [`ShmRegion::memfd`].
     pub fn create(kind: &str, len: usize) -> Result<Self, Error> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(format!(
@@ -39,61 +182,82 @@ impl ShmRegion {
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        file.set_len(len as u64)
-            .map_err(|e| Error::io(format!("sizing {} to {len} bytes", path.display()), e))?;
-        // SAFETY: the file was just created by us with O_EXCL and mode 0600; only the peer we
-        // hand the path to maps it, and all access to the mapping goes through raw pointers
-        // and atomics that tolerate concurrent writes by that peer.
-        let map = unsafe { MmapMut::map_mut(&file) }
-            .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+        let fd = OwnedFd::from(file);
+        let sized = reserve(fd.as_fd(), len, &path.display().to_string())
+            .and_then(|()| map(fd.as_fd(), len, &path.display().to_string()));
+        let map = match sized {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         Ok(Self {
             map,
+            fd,
             path,
             linked: true,
         })
     }
 
-    /// Maps an existing file that must be exactly `len` bytes long.
+    /// Maps an existing file that must be a regular file of ours, exactly `len` bytes long
+    /// (symlinks are not followed). Superseded by [`ShmRegion::from_peer_fd`].
     pub fn open(path: &Path, len: usize) -> Result<Self, Error> {
-        let file = OpenOptions::new()
+        let file: File = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let actual = file
+        let meta = file
             .metadata()
-            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
-            .len();
-        if actual != len as u64 {
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+        if !meta.file_type().is_file() {
             return Err(Error::Protocol(format!(
-                "{} is {actual} bytes, expected {len}",
+                "{} is not a regular file",
                 path.display()
             )));
         }
-        // SAFETY: the length was checked; the peer that created the file may write to it
-        // concurrently, which all access through this mapping tolerates (raw pointers, atomics).
-        let map = unsafe { MmapMut::map_mut(&file) }
-            .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != euid {
+            return Err(Error::Protocol(format!(
+                "{} belongs to uid {}, not to us (uid {euid})",
+                path.display(),
+                meta.uid()
+            )));
+        }
+        if meta.len() != len as u64 {
+            return Err(Error::Protocol(format!(
+                "{} is {} bytes, expected {len}",
+                path.display(),
+                meta.len()
+            )));
+        }
+        let fd = OwnedFd::from(file);
+        let map = map(fd.as_fd(), len, &path.display().to_string())?;
         Ok(Self {
             map,
+            fd,
             path: path.to_path_buf(),
             linked: false,
         })
     }
 
-    /// The file's path.
+    /// The file's path (empty for a memfd).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The path as a string (paths we create are always UTF-8).
+    /// The path as a string (paths we create are always UTF-8; empty for a memfd).
     pub fn path_str(&self) -> String {
         self.path.to_string_lossy().into_owned()
     }
 
-    /// Removes the file name; the mapping lives on.
+    /// Removes the file name; the mapping lives on (nothing to do for a memfd).
     pub fn unlink(&mut self) {
         if self.linked {
             let _ = std::fs::remove_file(&self.path);
@@ -101,30 +265,42 @@ impl ShmRegion {
         }
     }
 
-    /// Start of the mapping.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.map.as_ptr() as *mut u8
+    /// Start of the mapping, for reads.
+    #[inline]
+    pub fn as_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    /// Start of the mapping, with write provenance (the mapping is shared and writable).
+    #[inline]
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 
     /// Length of the mapping.
+    #[inline]
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
     /// Whether the mapping is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// The `u64` word at `offset` as an atomic (offset must be 8-aligned and in bounds).
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         assert!(
             offset % 8 == 0 && offset + 8 <= self.len(),
             "atomic word out of bounds"
         );
         // SAFETY: in bounds and 8-aligned (the mapping is page-aligned); AtomicU64 has the
-        // layout of u64 and every access to this word, from either process, is atomic.
-        unsafe { &*(self.as_ptr().add(offset) as *const AtomicU64) }
+        // layout of u64, the pointer has write provenance (MmapRaw), the mapping lives as
+        // long as `self` (a sealed memfd cannot shrink; a legacy path-based file truncated by
+        // its owner faults, it never aliases other memory), and every access to this word,
+        // from either process, is atomic.
+        unsafe { &*(self.as_mut_ptr().add(offset) as *const AtomicU64) }
     }
 }
 
@@ -133,7 +309,3 @@ impl Drop for ShmRegion {
         self.unlink();
     }
 }
-
-// SAFETY: the mapping is plain memory; concurrent access goes through atomics or is ordered
-// by the protocol (credit), and the struct owns the mapping.
-unsafe impl Send for ShmRegion {}
