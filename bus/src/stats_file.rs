@@ -2,11 +2,13 @@
 //! from another process, without touching the hot path (which only does plain relaxed stores
 //! into it, one writer per counter).
 //!
-//! `<shm dir>/rdmabus-stats-<pid>`: a 64-byte header, then `CAPACITY` fixed 640-byte entries.
+//! `<shm dir>/rdmabus-stats-<pid>-<random hex>` (created O_EXCL|O_NOFOLLOW, mode 0600, fully
+//! allocated): a 64-byte header (magic, pid, version, start time, PID namespace, start ticks),
+//! then `CAPACITY` fixed 640-byte entries.
 //! An entry is one topic (publisher side), one subscriber link (publisher side) or one
 //! subscription (subscriber side). The file is mapped once and never unmapped while the
 //! process lives, so entries can be handed out as `&'static`; it is removed at exit when
-//! possible, and `rdmabus stat` ignores files whose process is gone.
+//! possible, and `rdmabus stat` removes files whose process (in its own PID namespace) is gone.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -14,7 +16,7 @@ use std::sync::{Mutex, OnceLock};
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"RDMBSTAT";
 /// Layout version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Entries per file.
 pub const CAPACITY: usize = 256;
 /// Bytes of the header.
@@ -184,6 +186,67 @@ pub struct StatsFile {
     path: std::path::PathBuf,
 }
 
+/// Header offsets.
+mod header {
+    /// `u32`, stored last (Release): the file is complete once it is non-zero.
+    pub const PID: usize = 8;
+    /// `u32`.
+    pub const VERSION: usize = 12;
+    /// `u64`, ns since the epoch.
+    pub const STARTED_NS: usize = 16;
+    /// `u64`, inode of `/proc/self/ns/pid`.
+    pub const PID_NS: usize = 24;
+    /// `u64`, field 22 of `/proc/self/stat` (clock ticks after boot).
+    pub const START_TICKS: usize = 32;
+}
+
+/// The inode of this process's PID namespace (`/proc/self/ns/pid`), 0 when unknown.
+pub fn own_pid_ns() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// The start time (field 22 of `/proc/<pid>/stat`, clock ticks after boot) of `pid` in
+/// text `stat` read from that file.
+fn start_ticks_of(stat: &str) -> Option<u64> {
+    // The command (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// What `/proc` says about a process of our PID namespace.
+#[derive(Debug, PartialEq, Eq)]
+enum Process {
+    /// Running (or unknown: never treated as gone), started at these ticks (if readable).
+    Alive(Option<u64>),
+    /// No such process, or a zombie.
+    Gone,
+}
+
+fn process(pid: u32) -> Process {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            if matches!(state, Some("Z" | "X")) {
+                Process::Gone
+            } else {
+                Process::Alive(start_ticks_of(&stat))
+            }
+        }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Process::Gone
+        }
+        Err(_) => Process::Alive(None),
+    }
+}
+
 impl StatsFile {
     /// Bytes of a stats file.
     pub const LEN: usize = HEADER_LEN + CAPACITY * ENTRY_LEN;
@@ -198,20 +261,47 @@ impl StatsFile {
     /// Entry `i`.
     pub fn entry(&self, i: usize) -> &Entry {
         // SAFETY: in bounds and aligned (entry_ptr); every field is an atomic, so concurrent
-        // writes by the owning process are fine.
+        // writes by the owning process are fine; the file is ours (checked at open, or created
+        // by us) and fully allocated, so only our own user could truncate it.
         unsafe { &*self.entry_ptr(i) }
     }
 
-    /// Process id recorded in the header.
+    fn header_u32(&self, offset: usize) -> u32 {
+        // SAFETY: offset + 4 <= HEADER_LEN, 4-aligned, inside the mapping; only read
+        // atomically here (loads of at most a word are fine on a read-only mapping).
+        unsafe { (*(self.map.as_ptr().add(offset) as *const AtomicU32)).load(Ordering::Acquire) }
+    }
+
+    fn header_u64(&self, offset: usize) -> u64 {
+        // SAFETY: offset + 8 <= HEADER_LEN, 8-aligned, inside the mapping; only read
+        // atomically here (loads of at most a word are fine on a read-only mapping).
+        unsafe { (*(self.map.as_ptr().add(offset) as *const AtomicU64)).load(Ordering::Acquire) }
+    }
+
+    /// Process id recorded in the header (in the PID namespace [`Self::pid_ns`]).
     pub fn pid(&self) -> u32 {
-        // SAFETY: offset 8 of the header holds the pid, written once before any reader.
-        unsafe { (*(self.map.as_ptr().add(8) as *const AtomicU32)).load(Ordering::Acquire) }
+        self.header_u32(header::PID)
     }
 
     /// Start time (ns since the epoch) recorded in the header.
     pub fn started_ns(&self) -> u64 {
-        // SAFETY: offset 16 of the header holds the start time, written once before readers.
-        unsafe { (*(self.map.as_ptr().add(16) as *const AtomicU64)).load(Ordering::Acquire) }
+        self.header_u64(header::STARTED_NS)
+    }
+
+    /// The writer's PID namespace (inode of its `/proc/self/ns/pid`; 0 when it had none).
+    pub fn pid_ns(&self) -> u64 {
+        self.header_u64(header::PID_NS)
+    }
+
+    /// The writer's start time in clock ticks after boot (field 22 of `/proc/<pid>/stat`).
+    pub fn start_ticks(&self) -> u64 {
+        self.header_u64(header::START_TICKS)
+    }
+
+    /// Whether the writer lives in our PID namespace (so its pid means something here).
+    pub fn in_our_pid_ns(&self) -> bool {
+        let ours = own_pid_ns();
+        ours != 0 && self.pid_ns() == ours
     }
 
     /// The file's path.
@@ -219,29 +309,98 @@ impl StatsFile {
         &self.path
     }
 
-    /// Maps another process's stats file for reading.
+    /// Maps a stats file for reading. Refused without mapping it: a symlink, anything but a
+    /// regular file, a file of another user (who could truncate it under our mapping), a file
+    /// of another length, version or magic.
     pub fn open(path: &std::path::Path) -> Result<Self, crate::Error> {
-        let file = std::fs::File::open(path)
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let not_ours =
+            |why: String| crate::Error::Protocol(format!("{}: {why}, not read", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            // O_NONBLOCK: a FIFO planted here must not block the open.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
             .map_err(|e| crate::Error::io(format!("opening {}", path.display()), e))?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len != Self::LEN as u64 {
-            return Err(crate::Error::Protocol(format!(
-                "{} is not a stats file of this version",
-                path.display()
+        let meta = file
+            .metadata()
+            .map_err(|e| crate::Error::io(format!("stat {}", path.display()), e))?;
+        if !meta.file_type().is_file() {
+            return Err(not_ours("not a regular file".into()));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != euid {
+            return Err(not_ours(format!(
+                "owned by uid {}, we are {euid}",
+                meta.uid()
             )));
         }
+        if meta.len() != Self::LEN as u64 {
+            return Err(not_ours("not a stats file of this version (length)".into()));
+        }
         let map = memmap2::MmapOptions::new()
+            .len(Self::LEN)
             .map_raw_read_only(&file)
             .map_err(|e| crate::Error::io(format!("mapping {}", path.display()), e))?;
-        // SAFETY: the mapping is LEN bytes; the first 8 are the magic.
-        let magic = unsafe { std::slice::from_raw_parts(map.as_ptr(), 8) };
-        // SAFETY: offset 12 holds the layout version.
-        let version = unsafe { *(map.as_ptr().add(12) as *const u32) };
-        if magic != MAGIC || version != VERSION {
-            return Err(crate::Error::Protocol(format!(
-                "{} is not a stats file of this version",
-                path.display()
-            )));
+        let f = Self {
+            map,
+            path: path.to_path_buf(),
+        };
+        let mut magic = [0u8; 8];
+        // SAFETY: the mapping is LEN bytes; the first 8 are the magic, copied out (the
+        // writer stores them once, before the pid that readers wait for).
+        unsafe { std::ptr::copy_nonoverlapping(f.map.as_ptr(), magic.as_mut_ptr(), 8) };
+        if &magic != MAGIC || f.header_u32(header::VERSION) != VERSION {
+            return Err(not_ours("not a stats file of this version".into()));
+        }
+        Ok(f)
+    }
+
+    /// Creates this process's stats file at `path` (which must not exist: never follows or
+    /// reuses what is there), mode 0600, fully allocated. Used by the registry; public for tests.
+    #[doc(hidden)]
+    pub fn create_at(path: &std::path::Path) -> Result<Self, crate::Error> {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true) // O_CREAT | O_EXCL
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| crate::Error::io(format!("creating {}", path.display()), e))?;
+        let what = format!("the stats file {}", path.display());
+        let mapped = crate::shm::reserve(file.as_fd(), Self::LEN, &what).and_then(|()| {
+            memmap2::MmapOptions::new()
+                .len(Self::LEN)
+                .map_raw(&file)
+                .map_err(|e| crate::Error::io(format!("mapping {what}"), e))
+        });
+        let map = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        let ticks = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| start_ticks_of(&s))
+            .unwrap_or(0);
+        // SAFETY: the mapping is LEN bytes, fully allocated, and ours alone until the pid is
+        // stored; every offset is in the header and aligned for its type; the pointer has
+        // write provenance (MmapRaw).
+        unsafe {
+            let p = map.as_mut_ptr();
+            std::ptr::copy_nonoverlapping(MAGIC.as_ptr(), p, 8);
+            *(p.add(header::VERSION) as *mut u32) = VERSION;
+            *(p.add(header::STARTED_NS) as *mut u64) = crate::clock::now_ns();
+            *(p.add(header::PID_NS) as *mut u64) = own_pid_ns();
+            *(p.add(header::START_TICKS) as *mut u64) = ticks;
+            (*(p.add(header::PID) as *const AtomicU32))
+                .store(std::process::id(), Ordering::Release);
         }
         Ok(Self {
             map,
@@ -250,32 +409,16 @@ impl StatsFile {
     }
 
     fn create() -> Result<Self, crate::Error> {
+        let mut r = [0u8; 8];
+        getrandom::getrandom(&mut r)
+            .map_err(|e| crate::Error::Config(format!("random source: {e}")))?;
+        let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
         let path = std::path::PathBuf::from(format!(
-            "{}/rdmabus-stats-{}",
+            "{}/rdmabus-stats-{}-{hex}",
             crate::shm::shm_dir(),
             std::process::id()
         ));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| crate::Error::io(format!("creating {}", path.display()), e))?;
-        file.set_len(Self::LEN as u64)
-            .map_err(|e| crate::Error::io("sizing the stats file", e))?;
-        let map = memmap2::MmapOptions::new()
-            .map_raw(&file)
-            .map_err(|e| crate::Error::io("mapping the stats file", e))?;
-        // SAFETY: the mapping is LEN bytes and ours alone until the header is written.
-        unsafe {
-            let p = map.as_mut_ptr();
-            std::ptr::copy_nonoverlapping(MAGIC.as_ptr(), p, 8);
-            *(p.add(12) as *mut u32) = VERSION;
-            *(p.add(16) as *mut u64) = crate::clock::now_ns();
-            (*(p.add(8) as *const AtomicU32)).store(std::process::id(), Ordering::Release);
-        }
-        Ok(Self { map, path })
+        Self::create_at(&path)
     }
 }
 
@@ -358,13 +501,21 @@ pub fn remove_own_file() {
     }
 }
 
-/// Stats files of running processes in the shared-memory directory (files of processes that
-/// are gone are removed on the way).
+/// Stats files of running processes in the shared-memory directory (see [`list_in`]).
 pub fn list() -> Vec<StatsFile> {
-    let dir = crate::shm::shm_dir();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
+    list_in(std::path::Path::new(&crate::shm::shm_dir()))
+}
+
+/// Stats files in `dir` that are ours (regular, our euid, this version; others are skipped
+/// and never mapped): those of live processes of our PID namespace, and those of other PID
+/// namespaces (whose liveness cannot be told here). A file of our namespace whose process is
+/// gone, or whose pid now names a process started at another time, is removed.
+#[doc(hidden)]
+pub fn list_in(dir: &std::path::Path) -> Vec<StatsFile> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    let ours = own_pid_ns();
     let mut out: Vec<StatsFile> = rd
         .flatten()
         .filter(|e| {
@@ -374,14 +525,38 @@ pub fn list() -> Vec<StatsFile> {
         })
         .filter_map(|e| StatsFile::open(&e.path()).ok())
         .filter(|f| {
-            // A process killed outright cannot remove its file: remove it for it.
-            let alive = std::path::Path::new(&format!("/proc/{}", f.pid())).exists();
-            if !alive {
+            if ours == 0 || f.pid_ns() != ours {
+                return true; // another PID namespace: its pid means nothing here
+            }
+            let live = match process(f.pid()) {
+                Process::Gone => false,
+                Process::Alive(Some(t)) => t == f.start_ticks(),
+                Process::Alive(None) => true,
+            };
+            if !live {
+                // A process killed outright cannot remove its file: remove it for it.
                 let _ = std::fs::remove_file(f.path());
             }
-            alive
+            live
         })
         .collect();
-    out.sort_by_key(|f| f.pid());
+    out.sort_by_key(|f| (!f.in_our_pid_ns(), f.pid()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_is_field_22_even_with_parentheses_in_the_command() {
+        let stat = "20576 (c) a) (b) R 20563 20563 12721 0 -1 4194304 116 0 0 0 0 0 0 0 20 0 1 0 58804 3133440 381";
+        assert_eq!(start_ticks_of(stat), Some(58804));
+        assert_eq!(start_ticks_of("1 (x) R 2"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(
+            matches!(process(std::process::id()), Process::Alive(Some(t)) if Some(t) == start_ticks_of(&own))
+        );
+        assert_ne!(own_pid_ns(), 0);
+    }
 }

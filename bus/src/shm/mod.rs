@@ -16,4 +16,5 @@ pub use cq::CompletionQueue;
 pub use fdpass::FdExchange;
 pub use link::{ShmRemoteRing, CREDIT_FILE_LEN};
 pub use local::ShmLocalRing;
+pub(crate) use region::reserve;
 pub use region::{shm_dir, ShmRegion};

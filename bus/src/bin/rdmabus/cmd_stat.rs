@@ -45,6 +45,9 @@ pub struct Row {
 #[derive(Serialize, Clone, Debug)]
 pub struct Proc {
     pub pid: u32,
+    /// Whether the process is in our PID namespace (otherwise its pid means nothing here,
+    /// and whether it still runs cannot be told).
+    pub same_pid_ns: bool,
     pub command: String,
     pub uptime_s: f64,
     pub rows: Vec<Row>,
@@ -109,10 +112,15 @@ fn snapshot(files: &[StatsFile], only: Option<u32>) -> Vec<Proc> {
     let now = rdmabus::clock::now_ns();
     files
         .iter()
-        .filter(|f| only.is_none_or(|p| p == f.pid()))
+        .filter(|f| only.is_none_or(|p| p == f.pid() && f.in_our_pid_ns()))
         .map(|f| Proc {
             pid: f.pid(),
-            command: command(f.pid()),
+            same_pid_ns: f.in_our_pid_ns(),
+            command: if f.in_our_pid_ns() {
+                command(f.pid())
+            } else {
+                format!("(another PID namespace, {})", f.pid_ns())
+            },
             uptime_s: now.saturating_sub(f.started_ns()) as f64 / 1e9,
             rows: (0..stats_file::CAPACITY)
                 .filter_map(|i| row(f.entry(i)))
