@@ -214,7 +214,7 @@ fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<Received
         while !hdr.is_null() {
             if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(hdr) as *const RawFd;
-                let bytes = (*hdr).cmsg_len - libc::CMSG_LEN(0) as usize;
+                let bytes = ((*hdr).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 for i in 0..bytes / std::mem::size_of::<RawFd>() {
                     out.fds
                         .push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));

@@ -126,6 +126,26 @@ impl ShmRegion {
                 st.st_mode
             )));
         }
+        // Holes punched into a hugetlbfs memfd fault (SIGBUS) once the pool is used up;
+        // memory on tmpfs is re-allocated on a fault instead.
+        // SAFETY: an all-zero `statfs` is a valid value of this plain C struct.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `sfs` is a valid, writable `statfs` the kernel fills in.
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sfs) } != 0 {
+            return Err(Error::io(
+                format!("fstatfs of the {what} descriptor"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // f_type and TMPFS_MAGIC have different integer types on different targets.
+        #[allow(clippy::unnecessary_cast)]
+        let on_tmpfs = sfs.f_type as i64 == libc::TMPFS_MAGIC as i64;
+        if !on_tmpfs {
+            return Err(Error::Protocol(format!(
+                "{what} descriptor is not a tmpfs memfd (filesystem type {:#x})",
+                sfs.f_type
+            )));
+        }
         // SAFETY: F_GET_SEALS on a descriptor we own; no memory is passed.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
         if seals < 0 {

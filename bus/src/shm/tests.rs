@@ -108,6 +108,38 @@ fn an_unsealed_memfd_is_refused() {
 }
 
 #[test]
+fn a_hugetlbfs_memfd_is_refused() {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | libc::MFD_HUGETLB;
+    // SAFETY: a valid NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"rdmabus-test-huge".as_ptr(), flags) };
+    if fd < 0 {
+        eprintln!(
+            "no hugetlbfs memfd here: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    // SAFETY: memfd_create just returned it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = 2 << 20;
+    // SAFETY: plain syscalls on our descriptor.
+    let ok = unsafe {
+        libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) == 0
+            && libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            ) == 0
+    };
+    if !ok {
+        eprintln!("cannot size or seal a hugetlbfs memfd here");
+        return;
+    }
+    let m = refused(fd, len);
+    assert!(m.contains("ring descriptor is not a tmpfs memfd"), "{m}");
+}
+
+#[test]
 fn a_memfd_of_the_wrong_size_is_refused() {
     let fd = ShmRegion::memfd("ring", 4096)
         .unwrap()
@@ -262,7 +294,8 @@ fn a_wrong_ticket_gets_nothing_and_does_not_disturb_the_right_one() {
             let e = fdpass::exchange(ex.name(), ticket(), &[mine.fd()], soon(3000)).unwrap_err();
             assert!(e.to_string().contains("refused the ticket"), "{e}");
         }
-        // A request of the wrong length, and an empty one: closed, no reply.
+        // Requests of the wrong length: closed, no reply; a silent client: closed after the
+        // read timeout.
         assert!(closed_without_reply(&raw_connect(ex.name()), &right[..31]));
         let mut long = right.to_vec();
         long.push(0);
