@@ -73,7 +73,7 @@ impl ShmLocalRing {
     fn set_credit(&mut self, credit: ShmRegion, offset: u64, start: u64) -> Result<(), Error> {
         let offset = usize::try_from(offset)
             .map_err(|_| Error::Protocol("credit offset out of range".into()))?;
-        if offset % 8 != 0 || offset + 8 > credit.len() {
+        if offset % 8 != 0 || offset.checked_add(8).is_none_or(|end| end > credit.len()) {
             return Err(Error::Protocol(format!(
                 "credit offset {offset} outside the credit file"
             )));
