@@ -26,7 +26,7 @@ fn publisher(bind: &str, psk: Psk, spawn_subscribers: usize) -> Result<(), Error
         children.push(
             std::process::Command::new(exe)
                 .args(["sub", &node.local_addr().to_string()])
-                .env("RDMABUS_PSK", psk.as_text().unwrap())
+                .env("RDMABUS_PSK", psk.to_text())
                 .spawn()
                 .expect("start a subscriber"),
         );

@@ -15,7 +15,8 @@ use rdmabus::{Event, Node, Psk, Subscriber};
 use std::time::Duration;
 
 fn psk() -> Psk {
-    Psk::new(b"criterion benchmark key 01234567".to_vec()).unwrap()
+    Psk::parse("rdmabus-psk-v1:33333333333333333333333333333333333333333333333333333333333333ab")
+        .unwrap()
 }
 
 fn round_trip(c: &mut Criterion) {

@@ -9,7 +9,7 @@
 //! use rdmabus_proto::market::Quote;
 //!
 //! # fn main() -> Result<(), rdmabus::Error> {
-//! let psk = Psk::new(b"a key of sixteen bytes or more".to_vec())?;
+//! let psk = Psk::random(); // or Psk::from_file("/etc/rdmabus/psk")?
 //! let node = Node::builder().bind("127.0.0.1:7400").psk(psk.clone()).start()?;
 //! let mut quotes = node.publisher::<Quote>("md.quotes").policy(Policy::Block).build()?;
 //!

@@ -32,6 +32,8 @@ pub struct PublisherBuilder<T> {
     max_payload: Option<usize>,
     staging_slots: u32,
     idle: IdleStrategy,
+    max_subscribers: u32,
+    max_ring_bytes: u64,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -45,8 +47,24 @@ impl<T: Message> PublisherBuilder<T> {
             max_payload: None,
             staging_slots: DEFAULT_STAGING_SLOTS,
             idle: IdleStrategy::BusySpin,
+            max_subscribers: crate::control::limits::DEFAULT_MAX_SUBSCRIBERS,
+            max_ring_bytes: crate::control::limits::DEFAULT_MAX_RING_BYTES,
             _t: PhantomData,
         }
+    }
+
+    /// Most subscribers of this topic at once (default 64); one more is refused with
+    /// `Unavailable`.
+    pub fn max_subscribers(mut self, n: u32) -> Self {
+        self.max_subscribers = n;
+        self
+    }
+
+    /// Most ring bytes all subscribers of this topic may ask the publisher to map or connect
+    /// (default 1 GiB); a ring beyond it is refused with `Unavailable`.
+    pub fn max_ring_bytes(mut self, bytes: u64) -> Self {
+        self.max_ring_bytes = bytes;
+        self
     }
 
     /// What to do when a subscriber's ring is full (default [`Policy::Block`]).
@@ -107,6 +125,10 @@ impl<T: Message> PublisherBuilder<T> {
             has_pending: Default::default(),
             pending: Mutex::new(Vec::new()),
             staging: staging_info,
+            budget: crate::control::limits::TopicBudget::new(
+                self.max_subscribers,
+                self.max_ring_bytes,
+            ),
         });
         {
             let mut topics = self.node.topics.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,6 +167,8 @@ struct Link {
     state: Arc<LinkState>,
     counters: Counters,
     dropped_pending: u64,
+    /// Its share of the topic's caps, given back when the link is removed.
+    _reservation: crate::control::limits::Reservation,
 }
 
 impl Link {
@@ -381,6 +405,7 @@ impl<T> Publisher<T> {
                 state: l.state,
                 counters: l.counters,
                 dropped_pending: 0,
+                _reservation: l.reservation,
             });
         }
     }

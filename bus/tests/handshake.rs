@@ -4,8 +4,8 @@
 mod common;
 
 use common::psk;
+use common::raw::RawSub;
 use rdmabus::control::framed::FramedStream;
-use rdmabus::proto::auth::{self, Role};
 use rdmabus::proto::frame::{FrameError, PROTOCOL_VERSION};
 use rdmabus::proto::handshake::*;
 use rdmabus::proto::market::{Quote, Trade};
@@ -51,33 +51,22 @@ fn hello(topic: &str, nonce: [u8; 32]) -> ControlMsg {
     })
 }
 
-/// A raw client with the right key that announces `ring` at `ring_path`; returns the refusal.
-fn authenticated_auth(addr: SocketAddr, ring: RingDescriptor, ring_path: &str) -> Reject {
-    let mut fs = raw(addr);
-    let nonce = [5u8; 32];
-    fs.send(&hello("quotes", nonce)).unwrap();
-    let ControlMsg::Challenge(c) = fs.recv_within(Duration::from_secs(5), "Challenge").unwrap()
-    else {
-        panic!("no Challenge")
-    };
-    let proof = auth::proof(
-        psk().bytes(),
-        Role::Subscriber,
-        &nonce,
-        &c.server_nonce,
+/// A raw subscriber with the right key that announces `ring`; returns the refusal.
+fn authenticated_auth(
+    addr: SocketAddr,
+    ring: RingDescriptor,
+    endpoint: SubEndpoint,
+) -> HandshakeError {
+    let mut sub = RawSub::connect(
+        addr,
+        &psk(),
         "quotes",
+        std::any::type_name::<Quote>(),
+        TransportKind::Shm,
     );
-    let endpoint = SubEndpoint::Shm(ShmRing {
-        ring_path: ring_path.into(),
-        cq_path: "/dev/shm/rdmabus-y".into(),
-    });
-    fs.send(&ControlMsg::Auth(Auth {
-        proof,
-        ring,
-        endpoint,
-    }))
-    .unwrap();
-    expect_reject(&mut fs)
+    sub.accepted();
+    sub.hs.auth(Auth { ring, endpoint }, Instant::now());
+    sub.refusal()
 }
 
 fn expect_reject(fs: &mut FramedStream) -> Reject {
@@ -90,14 +79,14 @@ fn expect_reject(fs: &mut FramedStream) -> Reject {
 #[test]
 fn wrong_key() {
     let (node, _p) = node_with_quotes();
-    let wrong = Psk::new(b"another key entirely, 0123456789".to_vec()).unwrap();
+    let wrong = Psk::random();
     let err = Subscriber::<Quote>::builder(node.local_addr(), "quotes")
         .psk(wrong)
         .connect()
         .err()
         .unwrap();
     assert!(
-        matches!(&err, Error::Auth(m) if m.contains("could not prove it holds the pre-shared key")),
+        matches!(&err, Error::Auth(m) if m.contains("refused this subscriber's proof of the key")),
         "{err}"
     );
     let reason = rejection(&node);
@@ -106,7 +95,7 @@ fn wrong_key() {
 
 #[test]
 fn wrong_key_proof_from_a_subscriber() {
-    // A client that skips checking the publisher and sends a bad proof.
+    // A client that sends a proof that is not one.
     let (node, _p) = node_with_quotes();
     let mut fs = raw(node.local_addr());
     fs.send(&hello("quotes", [1; 32])).unwrap();
@@ -114,22 +103,48 @@ fn wrong_key_proof_from_a_subscriber() {
     else {
         panic!()
     };
-    fs.send(&ControlMsg::Auth(Auth {
-        proof: [0; 32],
-        ring: RingDescriptor {
-            slots: 8,
-            slot_size: 1024,
-        },
-        endpoint: SubEndpoint::Shm(ShmRing {
-            ring_path: "/dev/shm/rdmabus-x".into(),
-            cq_path: "/dev/shm/rdmabus-y".into(),
-        }),
-    }))
-    .unwrap();
+    fs.send(&ControlMsg::Proof(ProofMsg { proof: [0; 32] }))
+        .unwrap();
     let r = expect_reject(&mut fs);
     assert_eq!(r.code, RejectCode::AuthFailed);
     assert_eq!(r.message, "wrong pre-shared key");
     assert!(rejection(&node).contains("wrong pre-shared key"));
+}
+
+#[test]
+fn an_unauthenticated_peer_learns_nothing_of_topics_or_the_key() {
+    // The same Hello for a topic that exists and one that does not: both get a bare nonce,
+    // and nothing that depends on the key (no proof to guess against offline).
+    let (node, _p) = node_with_quotes();
+    for topic in ["quotes", "no.such.topic"] {
+        let mut fs = raw(node.local_addr());
+        fs.send(&hello(topic, [1; 32])).unwrap();
+        let frame = fs.recv_frame_within(Duration::from_secs(5)).unwrap();
+        assert!(!frame.header.sealed());
+        let ControlMsg::Challenge(c) = frame.decode_plain().unwrap() else {
+            panic!("expected a Challenge")
+        };
+        // The whole payload is the archive of a 32-byte nonce: no proof, no slot size.
+        assert_eq!(
+            ControlMsg::Challenge(Challenge {
+                server_nonce: c.server_nonce
+            })
+            .encode(),
+            frame.bytes
+        );
+        // And nothing else follows until the peer proves the key.
+        assert!(fs
+            .recv_until(Instant::now() + Duration::from_millis(200))
+            .unwrap()
+            .is_none());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for e in node.events() {
+        assert!(
+            matches!(&e, NodeEvent::Rejected { reason, .. } if !reason.contains("UnknownTopic")),
+            "{e:?}"
+        );
+    }
 }
 
 #[test]
@@ -206,7 +221,7 @@ fn unknown_topic() {
         .err()
         .unwrap();
     assert!(
-        matches!(&err, Error::Rejected { code: RejectCode::UnknownTopic, message } if message.contains("no topic \"nope\"") && message.contains("quotes")),
+        matches!(&err, Error::Rejected { code: RejectCode::UnknownTopic, message } if message.contains("no topic \"nope\"") && !message.contains("quotes")),
         "{err}"
     );
     assert!(rejection(&node).contains("UnknownTopic"));
@@ -251,16 +266,25 @@ fn geometry_out_of_bounds() {
         let r = authenticated_auth(
             node.local_addr(),
             RingDescriptor { slots, slot_size },
-            "/dev/shm/rdmabus-x",
+            SubEndpoint::Shm,
         );
-        assert_eq!(r.code, RejectCode::BadGeometry);
-        assert!(r.message.contains(want), "{}", r.message);
+        let HandshakeError::Rejected {
+            code,
+            message,
+            authenticated,
+        } = r
+        else {
+            panic!("{r}")
+        };
+        assert_eq!(code, RejectCode::BadGeometry);
+        assert!(authenticated, "the refusal was not sealed");
+        assert!(message.contains(want), "{message}");
         assert!(rejection(&node).contains("BadGeometry"));
     }
 }
 
 #[test]
-fn endpoint_outside_the_shared_memory_directory() {
+fn endpoint_of_another_transport() {
     let (node, _p) = node_with_quotes();
     let r = authenticated_auth(
         node.local_addr(),
@@ -268,10 +292,21 @@ fn endpoint_outside_the_shared_memory_directory() {
             slots: 8,
             slot_size: 1024,
         },
-        "/etc/passwd",
+        SubEndpoint::Verbs(VerbsEndpoint {
+            qpn: 1,
+            psn: 1,
+            gid: [0; 16],
+            lid: 0,
+            mtu: 1024,
+            addr: 0,
+            rkey: 1,
+            len: 8192,
+        }),
     );
-    assert_eq!(r.code, RejectCode::BadEndpoint);
-    assert!(r.message.contains("/etc/passwd"), "{}", r.message);
+    assert!(
+        matches!(&r, HandshakeError::Rejected { code: RejectCode::BadMessage, message, .. } if message.contains("does not match")),
+        "{r}"
+    );
 }
 
 #[test]

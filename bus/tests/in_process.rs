@@ -7,7 +7,8 @@ use rdmabus::{Error, Event, Policy, Psk};
 use std::time::Duration;
 
 fn psk() -> Psk {
-    Psk::new(b"in-process test key 0123456789".to_vec()).unwrap()
+    Psk::parse("rdmabus-psk-v1:11111111111111111111111111111111111111111111111111111111111111ab")
+        .unwrap()
 }
 
 #[test]

@@ -6,14 +6,12 @@
 mod common;
 
 use common::psk;
-use rdmabus::control::framed::FramedStream;
-use rdmabus::proto::auth::{self, Role};
+use common::raw::RawSub;
 use rdmabus::proto::handshake::*;
 use rdmabus::proto::market::Quote;
 use rdmabus::proto::RingGeometry;
 use rdmabus::verbs::{self, VerbsLocalRing};
 use rdmabus::{Event, LinkEnd, Subscriber, Transport};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,58 +20,50 @@ use std::time::{Duration, Instant};
 /// RDMA error can end it) until `stop`.
 fn rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut fs = FramedStream::new(TcpStream::connect(addr).unwrap()).unwrap();
-        let nonce = [9u8; 32];
-        fs.send(&ControlMsg::Hello(Hello {
-            topic: "quotes".into(),
-            schema: std::any::type_name::<Quote>().into(),
-            transport: TransportKind::Verbs,
-            client_nonce: nonce,
-            client_name: "rogue".into(),
-        }))
-        .unwrap();
-        let ControlMsg::Challenge(c) = fs
-            .recv_within(Duration::from_secs(10), "Challenge")
-            .unwrap()
-        else {
-            panic!("no Challenge")
-        };
-        let choice = verbs::choose(None, None, fs.local_addr().unwrap().ip()).unwrap();
-        let geometry = RingGeometry::new(64, c.slot_size).unwrap();
+        let mut sub = RawSub::connect(
+            addr,
+            &psk(),
+            "quotes",
+            std::any::type_name::<Quote>(),
+            TransportKind::Verbs,
+        );
+        let accept = sub.accepted();
+        let choice = verbs::choose(None, None, sub.fs.local_addr().unwrap().ip()).unwrap();
+        let geometry = RingGeometry::new(64, accept.slot_size).unwrap();
         let mut ring = VerbsLocalRing::create(&choice, geometry).unwrap();
         let mut ep = ring.endpoint();
         ep.rkey ^= 0x5a5a_5a5a; // the lie
-        fs.send(&ControlMsg::Auth(Auth {
-            proof: auth::proof(
-                psk().bytes(),
-                Role::Subscriber,
-                &nonce,
-                &c.server_nonce,
-                "quotes",
-            ),
-            ring: RingDescriptor {
-                slots: 64,
-                slot_size: c.slot_size,
+        sub.hs.auth(
+            Auth {
+                ring: RingDescriptor {
+                    slots: 64,
+                    slot_size: accept.slot_size,
+                },
+                endpoint: SubEndpoint::Verbs(ep),
             },
-            endpoint: SubEndpoint::Verbs(ep),
-        }))
-        .unwrap();
-        let ControlMsg::Welcome(w) = fs.recv_within(Duration::from_secs(10), "Welcome").unwrap()
-        else {
+            Instant::now(),
+        );
+        let ClientEvent::Welcomed(w) = sub.next_event() else {
             panic!("no Welcome")
         };
         let PubEndpoint::Verbs(pub_ep) = w.endpoint else {
             panic!("not a verbs Welcome")
         };
         ring.connect(&pub_ep).unwrap();
+        sub.hs.ready(0);
+        let ClientEvent::Established(session) = sub.next_event() else {
+            panic!("not established")
+        };
+        let mut session = session;
         while !stop.load(Ordering::Relaxed) {
-            if fs
-                .send(&ControlMsg::Heartbeat(Heartbeat { sent_ns: 0 }))
-                .is_err()
-            {
+            let hb = session.seal(&ControlMsg::Heartbeat(Heartbeat { sent_ns: 0 }));
+            if sub.fs.send_raw(&hb).is_err() {
                 break;
             }
-            let _ = fs.recv_until(Instant::now() + Duration::from_millis(50));
+            let mut buf = [0u8; 4096];
+            let _ = sub
+                .fs
+                .read_until(Instant::now() + Duration::from_millis(50), &mut buf);
         }
         drop(ring);
     })
@@ -115,11 +105,7 @@ fn remote_access_error_tears_down_only_that_subscriber() {
     stop.store(true, Ordering::Relaxed);
     rogue.join().unwrap();
     let stats = p.stats();
-    let r = stats
-        .subscribers
-        .iter()
-        .find(|s| s.name == "rogue")
-        .unwrap();
+    let r = stats.subscribers.iter().find(|s| s.name == "raw").unwrap();
     assert_eq!(r.errors, 1, "{r:?}");
     assert!(
         matches!(&r.end, LinkEnd::Cut(_, why) if why.contains("write failed") && why.contains("remote access")),

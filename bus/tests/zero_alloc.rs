@@ -57,7 +57,8 @@ fn count<R>(f: impl FnOnce() -> R) -> (R, u64) {
 }
 
 fn psk() -> Psk {
-    Psk::new(b"zero allocation test key 0123456".to_vec()).unwrap()
+    Psk::parse("rdmabus-psk-v1:22222222222222222222222222222222222222222222222222222222222222ab")
+        .unwrap()
 }
 
 #[test]

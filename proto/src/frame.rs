@@ -1,15 +1,18 @@
-//! Control-plane framing: a fixed 12-byte header (magic, protocol version, length) in front of
-//! each rkyv-encoded control message. The version sits outside the archive so that a peer of
-//! another version is recognised before anything else is decoded.
+//! Control-plane framing: a fixed 12-byte header (magic, protocol version, flags, length) in
+//! front of each rkyv-encoded control message. The version sits outside the archive so that a
+//! peer of another version is recognised before anything else is decoded. A sealed frame
+//! (flag [`FLAG_SEALED`]) ends in a 32-byte MAC tag counted in the length.
 
 /// Magic bytes that open every frame.
 pub const MAGIC: [u8; 4] = *b"RDMB";
 /// The control protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Length of the frame header.
 pub const FRAME_HEADER_LEN: usize = 12;
 /// Largest frame payload accepted.
 pub const MAX_FRAME_LEN: u32 = 16 * 1024;
+/// Flag: the payload ends in a MAC tag under the session key.
+pub const FLAG_SEALED: u16 = 1;
 
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +21,15 @@ pub struct FrameHeader {
     pub version: u16,
     /// Payload length that follows.
     pub len: u32,
+    /// Flag bits ([`FLAG_SEALED`]).
+    pub flags: u16,
+}
+
+impl FrameHeader {
+    /// Whether the payload ends in a MAC tag.
+    pub fn sealed(&self) -> bool {
+        self.flags & FLAG_SEALED != 0
+    }
 }
 
 /// Why a frame was refused.
@@ -59,13 +71,19 @@ impl core::fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Encodes a frame header for a payload of `len` bytes, with an explicit version.
-pub fn encode_header_with_version(len: u32, version: u16) -> [u8; FRAME_HEADER_LEN] {
+/// Encodes a frame header for a payload of `len` bytes, with an explicit version and flags.
+pub fn encode_header_full(len: u32, version: u16, flags: u16) -> [u8; FRAME_HEADER_LEN] {
     let mut h = [0u8; FRAME_HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
     h[4..6].copy_from_slice(&version.to_le_bytes());
+    h[6..8].copy_from_slice(&flags.to_le_bytes());
     h[8..12].copy_from_slice(&len.to_le_bytes());
     h
+}
+
+/// Encodes an unsealed frame header for a payload of `len` bytes, with an explicit version.
+pub fn encode_header_with_version(len: u32, version: u16) -> [u8; FRAME_HEADER_LEN] {
+    encode_header_full(len, version, 0)
 }
 
 /// Encodes a frame header for a payload of `len` bytes in this build's version.
@@ -81,15 +99,19 @@ pub fn decode_header(b: &[u8; FRAME_HEADER_LEN]) -> Result<FrameHeader, FrameErr
         return Err(FrameError::BadMagic(magic));
     }
     let version = u16::from_le_bytes([b[4], b[5]]);
-    let reserved = u16::from_le_bytes([b[6], b[7]]);
-    if reserved != 0 {
-        return Err(FrameError::Reserved(reserved));
+    let flags = u16::from_le_bytes([b[6], b[7]]);
+    if flags & !FLAG_SEALED != 0 {
+        return Err(FrameError::Reserved(flags & !FLAG_SEALED));
     }
     let len = u32::from_le_bytes(b[8..12].try_into().unwrap());
     if len == 0 || len > MAX_FRAME_LEN {
         return Err(FrameError::BadLength(len));
     }
-    Ok(FrameHeader { version, len })
+    Ok(FrameHeader {
+        version,
+        len,
+        flags,
+    })
 }
 
 impl FrameHeader {
@@ -118,7 +140,8 @@ mod tests {
             h,
             FrameHeader {
                 version: PROTOCOL_VERSION,
-                len: 100
+                len: 100,
+                flags: 0
             }
         );
         assert!(h.check_version().is_ok());
@@ -142,8 +165,13 @@ mod tests {
         g[0] = b'G';
         assert!(matches!(decode_header(&g), Err(FrameError::BadMagic(_))));
         let mut r = encode_header(4);
-        r[6] = 1;
-        assert_eq!(decode_header(&r), Err(FrameError::Reserved(1)));
+        r[6] = 2;
+        assert_eq!(decode_header(&r), Err(FrameError::Reserved(2)));
+        assert!(
+            decode_header(&encode_header_full(40, PROTOCOL_VERSION, FLAG_SEALED))
+                .unwrap()
+                .sealed()
+        );
     }
 
     proptest! {

@@ -1,259 +1,306 @@
-//! The publisher's side of the handshake, on the connection's own thread.
+//! The publisher's side of the handshake: drives [`ServerHandshake`] over the connection on
+//! the connection's own thread (one per handshake in progress, capped by the node), takes its
+//! decisions (topic, caps, ring set-up), then keeps the link's heartbeats.
 
 use super::framed::FramedStream;
+use super::limits::{HandshakePermit, Reservation};
 use super::node::{NewLink, NodeEvent, NodeShared, TopicShared};
-use super::session::{self, LinkState};
-use crate::shm::{shm_dir, ShmRemoteRing};
+use super::session::{self, Channel, LinkState};
+use crate::shm::{Registration, ShmRegion, ShmRemoteRing, CREDIT_FILE_LEN};
 use crate::transport::RemoteRing;
 use crate::verbs::{self, VerbsRemoteRing};
-use crate::Error;
-use rdmabus_proto::auth::{self, Role};
-use rdmabus_proto::frame::{FrameError, PROTOCOL_VERSION};
 use rdmabus_proto::handshake::*;
+use rdmabus_proto::RingGeometry;
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+/// How long the subscriber may take for each of its steps.
 const HANDSHAKE_STEP: Duration = Duration::from_secs(5);
 
-/// Why a handshake failed: what to tell the peer (if anything) and what to log.
-struct Refusal {
-    reply: Option<Reject>,
-    reason: String,
-}
-
-impl Refusal {
-    fn reject(code: RejectCode, message: impl Into<String>) -> Self {
-        let message = message.into();
-        Self {
-            reason: format!("{code:?}: {message}"),
-            reply: Some(Reject::new(code, message)),
-        }
-    }
-
-    fn silent(reason: impl Into<String>) -> Self {
-        Self {
-            reply: None,
-            reason: reason.into(),
-        }
-    }
+/// What the decisions so far have set up.
+#[derive(Default)]
+struct Progress {
+    hello: Option<Hello>,
+    topic: Option<Arc<TopicShared>>,
+    reservation: Option<Reservation>,
+    /// The ticket registered on the fd-exchange socket (unregistered when dropped).
+    shm_registration: Option<Registration>,
+    shm_credit: Option<ShmRegion>,
+    link: Option<(u32, Box<dyn RemoteRing>, RingGeometry)>,
 }
 
 /// Serves one connection: handshake, then hands the link to the publisher and keeps heartbeats.
-pub(crate) fn serve(node: Arc<NodeShared>, stream: TcpStream) {
+pub(crate) fn serve(node: Arc<NodeShared>, stream: TcpStream, permit: HandshakePermit) {
     if node.shutdown.load(Ordering::Acquire) {
         return;
     }
     let mut fs = match FramedStream::new(stream) {
         Ok(fs) => fs,
-        Err(e) => return tracing::warn!("new connection: {e}"),
+        Err(e) => return tracing::debug!("new connection: {e}"),
     };
     let peer = fs.peer();
-    match handshake(&node, &mut fs) {
-        Ok((topic, link, stream_name)) => {
-            let state = link.state.clone();
-            node.event(NodeEvent::Joined {
-                topic: topic.name.clone(),
-                id: link.id,
-                name: link.name.clone(),
-                peer,
-            });
-            tracing::info!(topic = %topic.name, id = link.id, name = %link.name, %peer, "subscriber joined");
-            topic
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(link);
-            topic.has_pending.store(true, Ordering::Release);
-            // This thread now keeps the link's heartbeats.
-            session::run(&mut fs, &state, node.heartbeat, &stream_name);
-        }
-        Err(refusal) => {
-            tracing::warn!(%peer, "refused subscriber: {}", refusal.reason);
-            if let Some(reply) = refusal.reply {
-                let _ = fs.send(&ControlMsg::Reject(reply));
+    let mut nonce = [0u8; 32];
+    if let Err(e) = getrandom::getrandom(&mut nonce) {
+        return tracing::error!("random source: {e}");
+    }
+    let mut hs = ServerHandshake::new(*node.psk.bytes(), nonce, HANDSHAKE_STEP, Instant::now());
+    let mut p = Progress::default();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(frame) = hs.poll_transmit() {
+            if fs.send_raw(&frame).is_err() {
+                hs.handle_close();
             }
-            fs.shutdown();
-            node.event(NodeEvent::Rejected {
-                peer,
-                reason: refusal.reason,
-            });
+        }
+        let mut progressed = false;
+        while let Some(event) = hs.poll_event() {
+            progressed = true;
+            match event {
+                ServerEvent::Authenticated(hello) => decide_topic(&node, &mut hs, &mut p, hello),
+                ServerEvent::Ring(auth) => set_up_ring(&node, &fs, &mut hs, &mut p, auth),
+                ServerEvent::Established(s) => {
+                    drop(permit);
+                    return established(&node, fs, s, p);
+                }
+                ServerEvent::Failed(refusal) => {
+                    while let Some(frame) = hs.poll_transmit() {
+                        let _ = fs.send_raw(&frame);
+                    }
+                    fs.shutdown();
+                    let what = match refusal.code {
+                        Some(code) => format!("refused subscriber ({code:?})"),
+                        None => "handshake failed".to_string(),
+                    };
+                    node.log_refusal(peer, &format!("{what}: {}", refusal.reason.escape_debug()));
+                    node.event(NodeEvent::Rejected {
+                        peer,
+                        reason: match refusal.code {
+                            Some(code) => format!("{code:?}: {}", refusal.reason),
+                            None => refusal.reason,
+                        },
+                    });
+                    return;
+                }
+            }
+        }
+        if progressed {
+            continue;
+        }
+        let deadline = hs
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + HANDSHAKE_STEP);
+        match fs.read_until(deadline, &mut chunk) {
+            Ok(Some(n)) => hs.handle_input(&chunk[..n], Instant::now()),
+            Ok(None) => hs.handle_timeout(Instant::now()),
+            Err(_) => hs.handle_close(),
         }
     }
 }
 
-fn expect(fs: &mut FramedStream, what: &str) -> Result<ControlMsg, Refusal> {
-    match fs.recv_within(HANDSHAKE_STEP, what) {
-        Ok(ControlMsg::Reject(r)) => {
-            Err(Refusal::silent(format!("subscriber refused the publisher ({:?}): {}", r.code, r.message)))
-        }
-        Ok(m) => Ok(m),
-        Err(Error::Frame(FrameError::VersionMismatch { theirs, .. })) => Err(Refusal::reject(
-            RejectCode::VersionMismatch,
-            format!("subscriber speaks protocol version {theirs}, this publisher speaks version {PROTOCOL_VERSION}"),
-        )),
-        Err(Error::Frame(e)) => Err(Refusal::reject(RejectCode::BadMessage, format!("bad {what}: {e}"))),
-        Err(e) => Err(Refusal::silent(format!("waiting for {what}: {e}"))),
-    }
-}
-
-fn handshake(
-    node: &NodeShared,
-    fs: &mut FramedStream,
-) -> Result<(Arc<TopicShared>, NewLink, String), Refusal> {
-    let hello = match expect(fs, "Hello")? {
-        ControlMsg::Hello(h) => h,
-        other => {
-            return Err(Refusal::reject(
-                RejectCode::BadMessage,
-                format!("expected Hello, got {}", other.kind()),
-            ))
-        }
-    };
-    let topic = node.topic(&hello.topic).ok_or_else(|| {
-        Refusal::reject(
+/// The subscriber proved the key: is there such a topic, of its type, with room?
+fn decide_topic(node: &NodeShared, hs: &mut ServerHandshake, p: &mut Progress, hello: Hello) {
+    let Some(topic) = node.topic(&hello.topic) else {
+        return hs.reject(
             RejectCode::UnknownTopic,
-            format!(
-                "no topic {:?} on this publisher (topics: {})",
-                hello.topic,
-                node.topic_names().join(", ")
-            ),
-        )
-    })?;
+            format!("no topic {:?} on this publisher", hello.topic),
+        );
+    };
     if hello.schema != topic.schema {
-        return Err(Refusal::reject(
+        return hs.reject(
             RejectCode::SchemaMismatch,
             format!(
                 "topic {:?} carries {}, the subscriber reads {}",
                 topic.name, topic.schema, hello.schema
             ),
-        ));
+        );
     }
-    let mut server_nonce = [0u8; auth::PROOF_LEN];
-    getrandom::getrandom(&mut server_nonce)
-        .map_err(|e| Refusal::silent(format!("random source: {e}")))?;
-    let key = node.psk.bytes();
-    let proof = auth::proof(
-        key,
-        Role::Publisher,
-        &hello.client_nonce,
-        &server_nonce,
-        &hello.topic,
-    );
-    fs.send(&ControlMsg::Challenge(Challenge {
-        server_nonce,
-        proof,
-        slot_size: topic.slot_size,
-    }))
-    .map_err(|e| Refusal::silent(format!("sending Challenge: {e}")))?;
-
-    let auth_msg = match expect(fs, "Auth")? {
-        ControlMsg::Auth(a) => a,
-        other => {
-            return Err(Refusal::reject(
-                RejectCode::BadMessage,
-                format!("expected Auth, got {}", other.kind()),
-            ))
-        }
+    let reservation = match topic.budget.reserve_subscriber() {
+        Ok(r) => r,
+        Err(why) => return hs.reject(RejectCode::Unavailable, why),
     };
-    if !auth::verify(
-        key,
-        Role::Subscriber,
-        &hello.client_nonce,
-        &server_nonce,
-        &hello.topic,
-        &auth_msg.proof,
-    ) {
-        return Err(Refusal::reject(
-            RejectCode::AuthFailed,
-            "wrong pre-shared key",
-        ));
+    let shm = match hello.transport {
+        TransportKind::Verbs => None,
+        TransportKind::Shm => match offer_shm(node, p) {
+            Ok(offer) => Some(offer),
+            Err(why) => return hs.reject(RejectCode::Unavailable, why),
+        },
+    };
+    p.hello = Some(hello);
+    p.topic = Some(topic.clone());
+    p.reservation = Some(reservation);
+    hs.accept(
+        Accept {
+            slot_size: topic.slot_size,
+            shm,
+        },
+        Instant::now(),
+    );
+}
+
+/// Creates this link's credit word and registers the ticket the subscriber hands its memory
+/// over with.
+fn offer_shm(node: &NodeShared, p: &mut Progress) -> Result<ShmOffer, String> {
+    let exchange = node.fd_exchange()?;
+    let credit = ShmRegion::memfd("credit", CREDIT_FILE_LEN).map_err(|e| e.to_string())?;
+    let mut ticket = [0u8; 32];
+    getrandom::getrandom(&mut ticket).map_err(|e| format!("random source: {e}"))?;
+    let reply = credit
+        .fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating the credit descriptor: {e}"))?;
+    p.shm_registration = Some(exchange.register(ticket, vec![reply]));
+    p.shm_credit = Some(credit);
+    Ok(ShmOffer {
+        socket: exchange.name().to_string(),
+        ticket,
+    })
+}
+
+/// The subscriber announced its ring: check it against the caps and map or connect it.
+fn set_up_ring(
+    node: &NodeShared,
+    fs: &FramedStream,
+    hs: &mut ServerHandshake,
+    p: &mut Progress,
+    auth: Auth,
+) {
+    let (topic, hello) = match (&p.topic, &p.hello) {
+        (Some(t), Some(h)) => (t.clone(), h.clone()),
+        _ => return hs.reject(RejectCode::BadMessage, "Auth before Accept"),
+    };
+    let geometry = match check_ring(&auth.ring, topic.slot_size) {
+        Ok(g) => g,
+        Err(r) => return hs.reject(r.code, r.message),
+    };
+    let reservation = p.reservation.as_mut().expect("reserved at Accept");
+    if let Err(why) = reservation.add_ring_bytes(geometry.ring_bytes() as u64) {
+        return hs.reject(RejectCode::Unavailable, why);
     }
-    let geometry = check_ring(&auth_msg.ring, topic.slot_size).map_err(|r| Refusal {
-        reason: format!("{:?}: {}", r.code, r.message),
-        reply: Some(r),
-    })?;
-    let id = topic.next_id.fetch_add(1, Ordering::Relaxed);
-    let (mut ring, endpoint): (Box<dyn RemoteRing>, PubEndpoint) =
-        match (&auth_msg.endpoint, hello.transport) {
-            (SubEndpoint::Shm(r), TransportKind::Shm) => {
-                let dir = shm_dir();
-                for p in [&r.ring_path, &r.cq_path] {
-                    check_shm_path(p, &dir)
-                        .map_err(|m| Refusal::reject(RejectCode::BadEndpoint, m))?;
-                }
-                let ring =
-                    ShmRemoteRing::open(Path::new(&r.ring_path), Path::new(&r.cq_path), geometry)
-                        .map_err(|e| Refusal::reject(RejectCode::BadEndpoint, e.to_string()))?;
-                let credit = PubEndpoint::Shm(ShmCredit {
-                    path: ring.credit_path(),
-                    offset: 0,
-                });
-                (Box::new(ring), credit)
-            }
+    let set_up: Result<(Box<dyn RemoteRing>, PubEndpoint), (RejectCode, String)> =
+        match (&auth.endpoint, hello.transport) {
+            (SubEndpoint::Shm, TransportKind::Shm) => shm_ring(p, geometry),
             (SubEndpoint::Verbs(ep), TransportKind::Verbs) => {
-                let local = fs
-                    .local_addr()
-                    .map_err(|e| Refusal::silent(e.to_string()))?
-                    .ip();
-                let choice =
-                    verbs::choose(node.device.as_deref(), node.gid_index, local).map_err(|e| {
-                        Refusal::reject(
-                            RejectCode::TransportUnsupported,
-                            format!("publisher side: {e}"),
-                        )
-                    })?;
-                let mut ring = VerbsRemoteRing::new(&choice, topic.staging, geometry, *ep)
-                    .map_err(|e| Refusal::reject(RejectCode::BadEndpoint, e.to_string()))?;
-                ring.connect()
-                    .map_err(|e| Refusal::reject(RejectCode::BadEndpoint, e.to_string()))?;
-                let credit = PubEndpoint::Verbs(ring.endpoint());
-                (Box::new(ring), credit)
+                verbs_ring(node, fs, &topic, geometry, *ep)
             }
-            (_, kind) => {
-                return Err(Refusal::reject(
-                    RejectCode::BadMessage,
-                    format!("endpoint does not match the {kind:?} transport"),
-                ))
-            }
-        };
-    fs.send(&ControlMsg::Welcome(Welcome {
-        subscriber_id: id,
-        heartbeat_ms: node.heartbeat.as_millis() as u32,
-        next_seq: topic.next_seq.load(Ordering::Relaxed),
-        endpoint,
-    }))
-    .map_err(|e| Refusal::silent(format!("sending Welcome: {e}")))?;
-    // The subscriber's first heartbeat says it mapped the credit file (shm) or connected its
-    // queue pair (verbs); the shm credit file's name goes once both sides hold it.
-    match expect(fs, "first Heartbeat")? {
-        ControlMsg::Heartbeat(_) => {}
-        other => {
-            return Err(Refusal::reject(
+            (_, kind) => Err((
                 RejectCode::BadMessage,
-                format!("expected Heartbeat, got {}", other.kind()),
-            ))
+                format!("endpoint does not match the {kind:?} transport"),
+            )),
+        };
+    match set_up {
+        Ok((ring, endpoint)) => {
+            let id = topic.next_id.fetch_add(1, Ordering::Relaxed);
+            p.link = Some((id, ring, geometry));
+            hs.welcome(
+                Welcome {
+                    subscriber_id: id,
+                    heartbeat_ms: node.heartbeat.as_millis() as u32,
+                    next_seq: topic.next_seq.load(Ordering::Relaxed),
+                    endpoint,
+                },
+                Instant::now(),
+            );
         }
+        Err((code, why)) => hs.reject(code, why),
     }
+}
+
+fn shm_ring(
+    p: &mut Progress,
+    geometry: RingGeometry,
+) -> Result<(Box<dyn RemoteRing>, PubEndpoint), (RejectCode, String)> {
+    let bad = |m: String| (RejectCode::BadEndpoint, m);
+    let registration = p
+        .shm_registration
+        .take()
+        .ok_or_else(|| bad("no shm offer".into()))?;
+    let mut fds = registration
+        .wait(Instant::now() + HANDSHAKE_STEP)
+        .map_err(|e| bad(format!("receiving the ring's memory: {e}")))?;
+    if fds.len() != 2 {
+        return Err(bad(format!(
+            "expected 2 descriptors (ring, completion queue), got {}",
+            fds.len()
+        )));
+    }
+    let cq = fds.pop().expect("two");
+    let ring = fds.pop().expect("two");
+    let credit = p.shm_credit.take().ok_or_else(|| bad("no credit".into()))?;
+    let ring = ShmRemoteRing::from_fds_with_credit(ring, cq, credit, geometry)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((Box::new(ring), PubEndpoint::Shm(ShmCredit { offset: 0 })))
+}
+
+fn verbs_ring(
+    node: &NodeShared,
+    fs: &FramedStream,
+    topic: &TopicShared,
+    geometry: RingGeometry,
+    ep: VerbsEndpoint,
+) -> Result<(Box<dyn RemoteRing>, PubEndpoint), (RejectCode, String)> {
+    let local = fs
+        .local_addr()
+        .map_err(|e| (RejectCode::BadEndpoint, e.to_string()))?
+        .ip();
+    let choice = verbs::choose(node.device.as_deref(), node.gid_index, local).map_err(|e| {
+        (
+            RejectCode::TransportUnsupported,
+            format!("publisher side: {e}"),
+        )
+    })?;
+    let mut ring = VerbsRemoteRing::new(&choice, topic.staging, geometry, ep)
+        .map_err(|e| (RejectCode::BadEndpoint, e.to_string()))?;
+    ring.connect()
+        .map_err(|e| (RejectCode::BadEndpoint, e.to_string()))?;
+    let credit = PubEndpoint::Verbs(ring.endpoint());
+    Ok((Box::new(ring), credit))
+}
+
+/// The subscriber is attached: hand the link to the publisher, then keep its heartbeats on
+/// this thread.
+fn established(node: &NodeShared, fs: FramedStream, session: Session, p: Progress) {
+    let peer = fs.peer();
+    let (Some(topic), Some(hello), Some(reservation), Some((id, mut ring, geometry))) =
+        (p.topic, p.hello, p.reservation, p.link)
+    else {
+        return;
+    };
     ring.established();
     let name = if hello.client_name.is_empty() {
         format!("sub-{id}")
     } else {
         hello.client_name.clone()
     };
+    let link_name = format!("{}/{name}", hello.topic);
+    let state = LinkState::new();
     let link = NewLink {
         id,
         name: name.clone(),
         ring,
         geometry,
-        state: LinkState::new(),
-        counters: crate::stats_file::Counters::new(
-            crate::stats_file::Kind::Link,
-            id,
-            &format!("{}/{name}", hello.topic),
-        ),
+        state: state.clone(),
+        counters: crate::stats_file::Counters::new(crate::stats_file::Kind::Link, id, &link_name),
+        reservation,
     };
-    Ok((topic, link, format!("{}/{name}", hello.topic)))
+    node.event(NodeEvent::Joined {
+        topic: topic.name.clone(),
+        id,
+        name: name.clone(),
+        peer,
+    });
+    tracing::info!(topic = %topic.name, id, name = ?name, %peer, "subscriber joined");
+    topic
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(link);
+    topic.has_pending.store(true, Ordering::Release);
+    // This thread now keeps the link's heartbeats.
+    let mut chan = Channel {
+        stream: fs,
+        session,
+    };
+    session::run(&mut chan, &state, node.heartbeat, &link_name);
 }

@@ -1,19 +1,19 @@
-//! The subscriber's side of the handshake.
+//! The subscriber's side of the handshake: drives [`ClientHandshake`] over the connection and
+//! sets the ring up when the publisher has proven the key.
 
 use super::framed::FramedStream;
-use super::session::{self, LinkState};
+use super::session::{self, Channel, LinkState};
 use crate::shm::ShmLocalRing;
 use crate::transport::LocalRing;
 use crate::verbs::{self, VerbsLocalRing};
 use crate::{Error, Psk, Transport};
-use rdmabus_proto::auth::{self, Role};
 use rdmabus_proto::handshake::*;
 use rdmabus_proto::RingGeometry;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a subscriber asks for.
 pub(crate) struct ConnectParams<'a> {
@@ -42,18 +42,9 @@ pub(crate) struct Connected {
 
 /// The subscriber's ring before `Welcome`, per transport.
 enum Pending {
-    Shm(ShmLocalRing),
+    /// The ring, and the publisher's credit memory once handed over.
+    Shm(ShmLocalRing, Option<OwnedFd>),
     Verbs(Box<VerbsLocalRing>),
-}
-
-fn expect(fs: &mut FramedStream, timeout: Duration, what: &str) -> Result<ControlMsg, Error> {
-    match fs.recv_within(timeout, what)? {
-        ControlMsg::Reject(r) => Err(Error::Rejected {
-            code: r.code,
-            message: r.message,
-        }),
-        m => Ok(m),
-    }
 }
 
 fn tcp_connect(
@@ -80,6 +71,24 @@ fn tcp_connect(
     Ok(socket.into())
 }
 
+fn handshake_error(e: HandshakeError, addr: SocketAddr) -> Error {
+    match e {
+        HandshakeError::Rejected {
+            code: RejectCode::AuthFailed,
+            authenticated: false,
+            message,
+        } => Error::Auth(format!(
+            "the publisher at {addr} refused this subscriber's proof of the key (the keys \
+             differ): {message}"
+        )),
+        HandshakeError::Rejected { code, message, .. } => Error::Rejected { code, message },
+        HandshakeError::AuthFailed(m) => Error::Auth(format!("publisher at {addr}: {m}")),
+        HandshakeError::Protocol(m) => Error::Protocol(m),
+        HandshakeError::Frame(f) => Error::Frame(f),
+        HandshakeError::Timeout(m) => Error::Timeout(m),
+    }
+}
+
 /// Connects, authenticates both ways, sets up the ring and starts heartbeats.
 pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
     check_topic(p.topic).map_err(Error::Config)?;
@@ -91,149 +100,198 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
     )
     .map_err(|e| Error::Config(format!("ring: {e}")))?;
     let mut fs = FramedStream::new(tcp_connect(p.addr, p.bind, p.timeout)?)?;
-    let mut client_nonce = [0u8; auth::PROOF_LEN];
-    getrandom::getrandom(&mut client_nonce)
-        .map_err(|e| Error::Config(format!("random source: {e}")))?;
-    fs.send(&ControlMsg::Hello(Hello {
-        topic: p.topic.to_string(),
-        schema: p.schema.to_string(),
-        transport: match p.transport {
-            Transport::Shm => TransportKind::Shm,
-            Transport::Verbs => TransportKind::Verbs,
+    let mut nonce = [0u8; 32];
+    getrandom::getrandom(&mut nonce).map_err(|e| Error::Config(format!("random source: {e}")))?;
+    let mut hs = ClientHandshake::new(
+        ClientConfig {
+            key: *p.psk.bytes(),
+            topic: p.topic.to_string(),
+            schema: p.schema.to_string(),
+            transport: match p.transport {
+                Transport::Shm => TransportKind::Shm,
+                Transport::Verbs => TransportKind::Verbs,
+            },
+            name: p.name.to_string(),
+            step: p.timeout,
         },
-        client_nonce,
-        client_name: p.name.to_string(),
-    }))?;
-    let challenge = match expect(&mut fs, p.timeout, "Challenge")? {
-        ControlMsg::Challenge(c) => c,
-        other => {
-            return Err(Error::Protocol(format!(
-                "expected Challenge, got {}",
-                other.kind()
-            )))
+        nonce,
+        Instant::now(),
+    );
+    let mut pending: Option<(Pending, RingGeometry)> = None;
+    let mut ready: Option<(Box<dyn LocalRing>, RingGeometry, Welcome)> = None;
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(frame) = hs.poll_transmit() {
+            fs.send_raw(&frame)?;
         }
-    };
-    let key = p.psk.bytes();
-    if !auth::verify(
-        key,
-        Role::Publisher,
-        &client_nonce,
-        &challenge.server_nonce,
-        p.topic,
-        &challenge.proof,
-    ) {
-        let _ = fs.send(&ControlMsg::Reject(Reject::new(
-            RejectCode::AuthFailed,
-            "publisher's key proof did not verify",
-        )));
-        return Err(Error::Auth(format!(
-            "publisher at {} could not prove it holds the pre-shared key (the keys differ)",
-            p.addr
-        )));
+        let mut progressed = false;
+        while let Some(event) = hs.poll_event() {
+            progressed = true;
+            let step = match event {
+                ClientEvent::Accepted(accept) => {
+                    let offer = accept.shm.clone();
+                    build_ring(&p, &fs, &mut hs, accept).and_then(|(mut pend, geometry, auth)| {
+                        hs.auth(auth, Instant::now());
+                        while let Some(frame) = hs.poll_transmit() {
+                            fs.send_raw(&frame)?;
+                        }
+                        // The publisher registered the ticket before it sent Accept, and
+                        // waits for the memory once it has Auth.
+                        if let (Pending::Shm(local, credit), Some(offer)) = (&mut pend, offer) {
+                            *credit = Some(hand_over(local, &offer, p.timeout)?);
+                        }
+                        pending = Some((pend, geometry));
+                        Ok(())
+                    })
+                }
+                ClientEvent::Welcomed(welcome) => match pending.take() {
+                    Some((pend, geometry)) => attach(pend, &welcome).map(|local| {
+                        ready = Some((local, geometry, welcome));
+                        hs.ready(crate::clock::now_ns());
+                    }),
+                    None => Err(Error::Protocol("Welcome before Accept".into())),
+                },
+                ClientEvent::Established(session) => {
+                    while let Some(frame) = hs.poll_transmit() {
+                        fs.send_raw(&frame)?;
+                    }
+                    let (local, geometry, welcome) =
+                        ready.take().expect("Established follows Welcomed");
+                    let state = LinkState::new();
+                    let heartbeat = Duration::from_millis(welcome.heartbeat_ms as u64);
+                    let session = session::spawn(
+                        Channel {
+                            stream: fs,
+                            session,
+                        },
+                        state.clone(),
+                        heartbeat,
+                        format!("{}/{}", p.topic, p.name),
+                    )?;
+                    return Ok(Connected {
+                        local,
+                        geometry,
+                        welcome,
+                        state,
+                        session,
+                    });
+                }
+                ClientEvent::Failed(e) => {
+                    while let Some(frame) = hs.poll_transmit() {
+                        let _ = fs.send_raw(&frame);
+                    }
+                    return Err(handshake_error(e, p.addr));
+                }
+            };
+            if let Err(e) = step {
+                hs.abort(RejectCode::BadEndpoint, e.to_string());
+                while let Some(frame) = hs.poll_transmit() {
+                    let _ = fs.send_raw(&frame);
+                }
+                return Err(e);
+            }
+        }
+        if progressed {
+            continue;
+        }
+        let deadline = hs
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + p.timeout);
+        match fs.read_until(deadline, &mut chunk) {
+            Ok(Some(n)) => hs.handle_input(&chunk[..n], Instant::now()),
+            Ok(None) => hs.handle_timeout(Instant::now()),
+            Err(_) => hs.handle_close(),
+        }
     }
-    // Verbs: the device is the one whose GID is this connection's local address. No device
-    // is opened before the publisher has proven the key.
-    let choice = match p.transport {
-        Transport::Shm => None,
-        Transport::Verbs => Some(verbs::choose(p.device, p.gid_index, fs.local_addr()?.ip())?),
-    };
+}
+
+/// The publisher proved the key and took the subscription: build the ring.
+fn build_ring(
+    p: &ConnectParams<'_>,
+    fs: &FramedStream,
+    hs: &mut ClientHandshake,
+    accept: Accept,
+) -> Result<(Pending, RingGeometry, Auth), Error> {
     let slot_size = p
         .slot_size
-        .unwrap_or(challenge.slot_size)
-        .max(challenge.slot_size);
+        .unwrap_or(accept.slot_size)
+        .max(accept.slot_size);
     let geometry = match RingGeometry::new(p.slots, slot_size) {
         Ok(g) => g,
         Err(e) => {
-            let _ = fs.send(&ControlMsg::Reject(Reject::new(
-                RejectCode::BadGeometry,
-                e.to_string(),
-            )));
+            hs.abort(RejectCode::BadGeometry, e.to_string());
             return Err(Error::Config(format!("ring: {e}")));
         }
     };
-    let (mut pending, endpoint) = match &choice {
-        None => {
-            let local = ShmLocalRing::create(geometry)?;
-            let (ring_path, cq_path) = local.paths();
-            (
-                Pending::Shm(local),
-                SubEndpoint::Shm(ShmRing { ring_path, cq_path }),
-            )
-        }
-        Some(choice) => {
-            let local = VerbsLocalRing::create(choice, geometry)?;
-            let ep = local.endpoint();
-            (Pending::Verbs(Box::new(local)), SubEndpoint::Verbs(ep))
-        }
+    let ring = RingDescriptor {
+        slots: geometry.slots(),
+        slot_size: geometry.slot_size(),
     };
-    fs.send(&ControlMsg::Auth(Auth {
-        proof: auth::proof(
-            key,
-            Role::Subscriber,
-            &client_nonce,
-            &challenge.server_nonce,
-            p.topic,
-        ),
-        ring: RingDescriptor {
-            slots: geometry.slots(),
-            slot_size: geometry.slot_size(),
-        },
-        endpoint,
-    }))?;
-    let welcome = match expect(&mut fs, p.timeout, "Welcome")? {
-        ControlMsg::Welcome(w) => w,
-        other => {
-            return Err(Error::Protocol(format!(
-                "expected Welcome, got {}",
-                other.kind()
-            )))
-        }
-    };
-    if welcome.heartbeat_ms == 0 || welcome.heartbeat_ms > 60_000 {
-        return Err(Error::Protocol(format!(
-            "heartbeat of {} ms out of bounds",
-            welcome.heartbeat_ms
-        )));
-    }
-    let local: Box<dyn LocalRing> = match (&mut pending, &welcome.endpoint) {
-        (Pending::Shm(local), PubEndpoint::Shm(c)) => {
-            check_shm_path(&c.path, &crate::shm::shm_dir()).map_err(Error::Protocol)?;
-            local.attach_credit(Path::new(&c.path), c.offset, 0)?;
-            match pending {
-                Pending::Shm(l) => Box::new(l),
-                Pending::Verbs(_) => unreachable!(),
+    match p.transport {
+        Transport::Shm => {
+            if accept.shm.is_none() {
+                return Err(Error::Protocol(
+                    "the publisher offered no way to hand over shared memory".into(),
+                ));
             }
-        }
-        (Pending::Verbs(local), PubEndpoint::Verbs(ep)) => {
-            local.connect(ep)?;
-            match pending {
-                Pending::Verbs(l) => l,
-                Pending::Shm(_) => unreachable!(),
-            }
-        }
-        _ => {
-            return Err(Error::Protocol(
-                "the publisher answered with another transport's endpoint".into(),
+            let local = ShmLocalRing::create_sealed(geometry)?;
+            Ok((
+                Pending::Shm(local, None),
+                geometry,
+                Auth {
+                    ring,
+                    endpoint: SubEndpoint::Shm,
+                },
             ))
         }
-    };
-    // Ready: the publisher adopts the link when it sees this.
-    fs.send(&ControlMsg::Heartbeat(Heartbeat {
-        sent_ns: crate::clock::now_ns(),
-    }))?;
-    let state = LinkState::new();
-    let heartbeat = Duration::from_millis(welcome.heartbeat_ms as u64);
-    let session = session::spawn(
-        fs,
-        state.clone(),
-        heartbeat,
-        format!("{}/{}", p.topic, p.name),
-    );
-    Ok(Connected {
-        local,
-        geometry,
-        welcome,
-        state,
-        session,
-    })
+        Transport::Verbs => {
+            // The device is the one whose GID is this connection's local address. No device
+            // is opened before the publisher has proven the key.
+            let choice = verbs::choose(p.device, p.gid_index, fs.local_addr()?.ip())?;
+            let local = VerbsLocalRing::create(&choice, geometry)?;
+            let ep = local.endpoint();
+            Ok((
+                Pending::Verbs(Box::new(local)),
+                geometry,
+                Auth {
+                    ring,
+                    endpoint: SubEndpoint::Verbs(ep),
+                },
+            ))
+        }
+    }
+}
+
+/// Hands the ring's memory to the publisher over its Unix socket; returns its credit memory.
+fn hand_over(local: &ShmLocalRing, offer: &ShmOffer, timeout: Duration) -> Result<OwnedFd, Error> {
+    let mut credit = crate::shm::fdpass::exchange(
+        &offer.socket,
+        offer.ticket,
+        &local.fds(),
+        Instant::now() + timeout,
+    )?;
+    if credit.len() != 1 {
+        return Err(Error::Protocol(format!(
+            "the publisher passed {} descriptors for its credit word, expected 1",
+            credit.len()
+        )));
+    }
+    Ok(credit.pop().expect("one"))
+}
+
+/// The publisher set the link up: attach to its credit endpoint.
+fn attach(pending: Pending, welcome: &Welcome) -> Result<Box<dyn LocalRing>, Error> {
+    match (pending, &welcome.endpoint) {
+        (Pending::Shm(mut local, Some(credit)), PubEndpoint::Shm(c)) => {
+            local.attach_credit_fd(credit, c.offset, 0)?;
+            Ok(Box::new(local))
+        }
+        (Pending::Verbs(mut local), PubEndpoint::Verbs(ep)) => {
+            local.connect(ep)?;
+            Ok(local)
+        }
+        _ => Err(Error::Protocol(
+            "the publisher answered with another transport's endpoint".into(),
+        )),
+    }
 }

@@ -1,21 +1,24 @@
-//! Control messages over a TCP stream, with deadlines and partial-read buffering.
+//! A TCP control connection: bytes with deadlines (the handshake state machines and the
+//! session consume them), and plain-frame helpers for peers that speak the raw protocol.
 
 use crate::Error;
-use rdmabus_proto::frame::{decode_header, FrameError, FRAME_HEADER_LEN};
-use rdmabus_proto::handshake::ControlMsg;
+use rdmabus_proto::handshake::{ControlMsg, FrameDecoder};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// A TCP stream that sends and receives framed control messages.
+/// Most bytes read from the socket at once.
+const CHUNK: usize = 4096;
+
+/// A TCP stream carrying control frames.
 pub struct FramedStream {
     stream: TcpStream,
     peer: SocketAddr,
-    buf: Vec<u8>,
+    decoder: FrameDecoder,
 }
 
 impl FramedStream {
-    /// Wraps a connected stream (sets TCP_NODELAY).
+    /// Wraps a connected stream (sets TCP_NODELAY and a 5 s write timeout).
     pub fn new(stream: TcpStream) -> Result<Self, Error> {
         let peer = stream
             .peer_addr()
@@ -29,7 +32,7 @@ impl FramedStream {
         Ok(Self {
             stream,
             peer,
-            buf: Vec::with_capacity(4096),
+            decoder: FrameDecoder::default(),
         })
     }
 
@@ -45,78 +48,95 @@ impl FramedStream {
             .map_err(|e| Error::io("reading local address", e))
     }
 
-    /// Sends one message.
-    pub fn send(&mut self, msg: &ControlMsg) -> Result<(), Error> {
-        self.send_raw(&msg.encode())
-    }
-
-    /// Sends bytes as they are (already framed, or deliberately not).
+    /// Sends bytes as they are (whole frames from a state machine, or deliberately not).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.stream
             .write_all(bytes)
             .map_err(|e| Error::io(format!("sending to {}", self.peer), e))
     }
 
-    /// Receives one message, waiting until `deadline`; `Ok(None)` if none arrived by then.
-    /// A closed connection is an error of kind `UnexpectedEof`.
+    /// Sends one unsealed message (raw peers and tests; the bus seals through its session).
+    pub fn send(&mut self, msg: &ControlMsg) -> Result<(), Error> {
+        self.send_raw(&msg.encode())
+    }
+
+    /// Reads what the peer sent, waiting until `deadline`: `Ok(None)` if nothing came by
+    /// then; a closed connection is an error of kind `UnexpectedEof`.
+    pub fn read_until(
+        &mut self,
+        deadline: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        let wait = (deadline - now).max(Duration::from_millis(1));
+        self.stream
+            .set_read_timeout(Some(wait))
+            .map_err(|e| Error::io("setting read timeout", e))?;
+        match self.stream.read(buf) {
+            Ok(0) => Err(Error::io(
+                format!("connection to {}", self.peer),
+                std::io::Error::new(ErrorKind::UnexpectedEof, "closed by peer"),
+            )),
+            Ok(n) => Ok(Some(n)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::io(format!("reading from {}", self.peer), e)),
+        }
+    }
+
+    /// Receives one unsealed message, waiting until `deadline`; `Ok(None)` if none arrived by
+    /// then (raw peers and tests).
     pub fn recv_until(&mut self, deadline: Instant) -> Result<Option<ControlMsg>, Error> {
         loop {
-            if let Some(msg) = self.take_frame()? {
-                return Ok(Some(msg));
+            if let Some(frame) = self.decoder.next_frame()? {
+                frame.header.check_version()?;
+                return Ok(Some(frame.decode_plain()?));
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let wait = (deadline - now).max(Duration::from_millis(1));
-            self.stream
-                .set_read_timeout(Some(wait))
-                .map_err(|e| Error::io("setting read timeout", e))?;
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(Error::io(
-                        format!("connection to {}", self.peer),
-                        std::io::Error::new(ErrorKind::UnexpectedEof, "closed by peer"),
-                    ))
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(Error::io(format!("reading from {}", self.peer), e)),
+            let mut chunk = [0u8; CHUNK];
+            match self.read_until(deadline, &mut chunk)? {
+                None => return Ok(None),
+                Some(n) => self.decoder.push(&chunk[..n])?,
             }
         }
     }
 
-    /// Receives one message within `timeout`, or fails naming what was awaited.
+    /// Receives one unsealed message within `timeout`, or fails naming what was awaited.
     pub fn recv_within(&mut self, timeout: Duration, what: &str) -> Result<ControlMsg, Error> {
         self.recv_until(Instant::now() + timeout)?.ok_or_else(|| {
             Error::Timeout(format!("no {what} from {} within {timeout:?}", self.peer))
         })
     }
 
-    fn take_frame(&mut self) -> Result<Option<ControlMsg>, Error> {
-        if self.buf.len() < FRAME_HEADER_LEN {
-            // Garbage shorter than a header is caught as soon as the magic is wrong.
-            if !self.buf.is_empty() && !b"RDMB".starts_with(&self.buf[..self.buf.len().min(4)]) {
-                let mut m = [0u8; 4];
-                m[..self.buf.len().min(4)].copy_from_slice(&self.buf[..self.buf.len().min(4)]);
-                return Err(FrameError::BadMagic(m).into());
+    /// Receives one whole frame (sealed or not) as bytes, within `timeout` (raw peers).
+    pub fn recv_frame_within(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<rdmabus_proto::handshake::RawFrame, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(frame);
             }
-            return Ok(None);
+            let mut chunk = [0u8; CHUNK];
+            match self.read_until(deadline, &mut chunk)? {
+                None => {
+                    return Err(Error::Timeout(format!(
+                        "no frame from {} within {timeout:?}",
+                        self.peer
+                    )))
+                }
+                Some(n) => self.decoder.push(&chunk[..n])?,
+            }
         }
-        let header = decode_header(self.buf[..FRAME_HEADER_LEN].try_into().unwrap())?;
-        header.check_version()?;
-        let end = FRAME_HEADER_LEN + header.len as usize;
-        if self.buf.len() < end {
-            return Ok(None);
-        }
-        let msg = ControlMsg::decode(&self.buf[FRAME_HEADER_LEN..end])?;
-        self.buf.drain(..end);
-        Ok(Some(msg))
     }
 
     /// Closes both directions.

@@ -4,6 +4,7 @@
 mod accept;
 mod connect;
 pub mod framed;
+pub(crate) mod limits;
 pub mod node;
 pub(crate) mod session;
 

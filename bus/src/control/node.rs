@@ -1,6 +1,7 @@
 //! A node: the control-plane listener of one process, hosting any number of topics.
 
 use super::accept;
+use super::limits::{self, HandshakeSlots, LogLimiter, Reservation, TopicBudget};
 use crate::transport::RemoteRing;
 use crate::{Error, Message, Psk, PublisherBuilder};
 use rdmabus_proto::RingGeometry;
@@ -45,6 +46,8 @@ pub(crate) struct NewLink {
     pub geometry: RingGeometry,
     pub state: Arc<crate::control::session::LinkState>,
     pub counters: crate::stats_file::Counters,
+    /// This subscriber's share of the topic's caps, given back when the link goes.
+    pub reservation: Reservation,
 }
 
 /// What the control plane knows of one topic.
@@ -57,6 +60,7 @@ pub(crate) struct TopicShared {
     pub has_pending: AtomicBool,
     pub pending: Mutex<Vec<NewLink>>,
     pub staging: crate::verbs::link::Staging,
+    pub budget: Arc<TopicBudget>,
 }
 
 /// State shared by the node's threads and its publishers.
@@ -69,9 +73,33 @@ pub(crate) struct NodeShared {
     pub events: Mutex<VecDeque<NodeEvent>>,
     pub device: Option<String>,
     pub gid_index: Option<u8>,
+    pub slots: Arc<HandshakeSlots>,
+    /// Refusals and dropped connections are logged at most this often.
+    pub refusal_log: LogLimiter,
+    /// The Unix socket shm subscribers hand their memory over on (bound at first use).
+    pub fd_exchange: std::sync::OnceLock<Result<crate::shm::FdExchange, String>>,
 }
 
 impl NodeShared {
+    /// Logs a refusal or a dropped connection, rate-limited.
+    pub fn log_refusal(&self, peer: SocketAddr, what: &str) {
+        if let Some(suppressed) = self.refusal_log.allow() {
+            if suppressed > 0 {
+                tracing::warn!(%peer, suppressed, "{what} (and {suppressed} similar lines suppressed)");
+            } else {
+                tracing::warn!(%peer, "{what}");
+            }
+        }
+    }
+
+    /// The node's fd-exchange socket, bound on first use.
+    pub fn fd_exchange(&self) -> Result<&crate::shm::FdExchange, String> {
+        self.fd_exchange
+            .get_or_init(|| crate::shm::FdExchange::bind().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
     pub fn event(&self, e: NodeEvent) {
         let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() == MAX_EVENTS {
@@ -87,18 +115,6 @@ impl NodeShared {
             .get(name)
             .cloned()
     }
-
-    pub fn topic_names(&self) -> Vec<String> {
-        let mut v: Vec<_> = self
-            .topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 /// Builds a [`Node`].
@@ -108,9 +124,24 @@ pub struct NodeBuilder {
     heartbeat: Duration,
     device: Option<String>,
     gid_index: Option<u8>,
+    max_handshakes: u32,
+    max_handshakes_per_peer: u32,
 }
 
 impl NodeBuilder {
+    /// Most handshakes in progress at once (default 64); a connection beyond it is closed at
+    /// once, with no thread spent on it.
+    pub fn max_handshakes(mut self, n: u32) -> Self {
+        self.max_handshakes = n;
+        self
+    }
+
+    /// Most handshakes in progress at once from one IP address (default 8).
+    pub fn max_handshakes_per_peer(mut self, n: u32) -> Self {
+        self.max_handshakes_per_peer = n;
+        self
+    }
+
     /// Address to listen on for subscribers (default `127.0.0.1:0`, an ephemeral port).
     pub fn bind(mut self, addr: impl Into<String>) -> Self {
         self.bind = Some(addr.into());
@@ -158,6 +189,11 @@ impl NodeBuilder {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("reading listener address", e))?;
+        if self.max_handshakes == 0 || self.max_handshakes_per_peer == 0 {
+            return Err(Error::Config(
+                "max_handshakes and max_handshakes_per_peer must be at least 1".into(),
+            ));
+        }
         if self.heartbeat.is_zero() || self.heartbeat > Duration::from_secs(60) {
             return Err(Error::Config(
                 "heartbeat must be between 1 ms and 60 s".into(),
@@ -172,6 +208,9 @@ impl NodeBuilder {
             events: Mutex::new(VecDeque::new()),
             device: self.device,
             gid_index: self.gid_index,
+            slots: HandshakeSlots::new(self.max_handshakes, self.max_handshakes_per_peer),
+            refusal_log: LogLimiter::new(10, Duration::from_secs(10)),
+            fd_exchange: std::sync::OnceLock::new(),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -193,10 +232,22 @@ fn accept_loop(listener: TcpListener, node: Arc<NodeShared>) {
         }
         match conn {
             Ok(stream) => {
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                // No thread, and nothing read, for a connection beyond the caps.
+                let permit = match node.slots.try_acquire(peer.ip()) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        drop(stream);
+                        node.log_refusal(peer, &format!("connection closed: {why}"));
+                        continue;
+                    }
+                };
                 let n = node.clone();
                 let spawned = std::thread::Builder::new()
                     .name("rdmabus-conn".into())
-                    .spawn(move || accept::serve(n, stream));
+                    .spawn(move || accept::serve(n, stream, permit));
                 if let Err(e) = spawned {
                     tracing::error!("cannot spawn a connection thread: {e}");
                 }
@@ -225,6 +276,8 @@ impl Node {
             heartbeat: Duration::from_millis(200),
             device: None,
             gid_index: None,
+            max_handshakes: limits::DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_peer: limits::DEFAULT_MAX_HANDSHAKES_PER_PEER,
         }
     }
 
@@ -236,6 +289,11 @@ impl Node {
     /// Starts building a publisher of `T` on `topic`.
     pub fn publisher<T: Message>(&self, topic: &str) -> PublisherBuilder<T> {
         PublisherBuilder::new(self.shared.clone(), topic)
+    }
+
+    /// Handshakes in progress right now.
+    pub fn handshakes_in_progress(&self) -> u32 {
+        self.shared.slots.in_progress()
     }
 
     /// Takes the control-plane events recorded since the last call (joins, refusals).

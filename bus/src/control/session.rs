@@ -1,9 +1,9 @@
-//! After the handshake: heartbeats both ways, goodbye, and the shared state of one link that
-//! the hot path reads with a single relaxed load.
+//! After the handshake: sealed heartbeats both ways, goodbye, and the shared state of one link
+//! that the hot path reads with a single relaxed load.
 
 use super::framed::{is_disconnect, FramedStream};
 use crate::clock::now_ns;
-use rdmabus_proto::handshake::{ControlMsg, Goodbye, GoodbyeReason, Heartbeat};
+use rdmabus_proto::handshake::{ControlMsg, Goodbye, GoodbyeReason, Heartbeat, Session};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -86,26 +86,62 @@ impl LinkState {
     }
 }
 
+/// The connection and its sealed session, after the handshake.
+pub struct Channel {
+    /// The TCP connection.
+    pub stream: FramedStream,
+    /// Seals what is sent, opens what is received.
+    pub session: Session,
+}
+
+impl Channel {
+    fn send(&mut self, msg: &ControlMsg) -> Result<(), crate::Error> {
+        let frame = self.session.seal(msg);
+        self.stream.send_raw(&frame)
+    }
+
+    /// The next authentic message, waiting until `deadline`.
+    fn recv_until(&mut self, deadline: Instant) -> Result<Option<ControlMsg>, crate::Error> {
+        loop {
+            if let Some(m) = self
+                .session
+                .poll_message()
+                .map_err(|e| crate::Error::Protocol(e.to_string()))?
+            {
+                return Ok(Some(m));
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read_until(deadline, &mut chunk)? {
+                None => return Ok(None),
+                Some(n) => self
+                    .session
+                    .handle_input(&chunk[..n])
+                    .map_err(|e| crate::Error::Protocol(e.to_string()))?,
+            }
+        }
+    }
+}
+
 /// Runs heartbeats for a link on its own thread until either side ends it.
 pub fn spawn(
-    mut stream: FramedStream,
+    mut chan: Channel,
     state: Arc<LinkState>,
     heartbeat: Duration,
     name: String,
-) -> JoinHandle<()> {
+) -> Result<JoinHandle<()>, crate::Error> {
     std::thread::Builder::new()
-        .name(format!("rdmabus-ctl-{name}"))
-        .spawn(move || run(&mut stream, &state, heartbeat, &name))
-        .expect("spawning a control thread")
+        .name("rdmabus-ctl".into())
+        .spawn(move || run(&mut chan, &state, heartbeat, &name))
+        .map_err(|e| crate::Error::io("spawning a control thread", e))
 }
 
 /// Runs heartbeats for a link on the calling thread until either side ends it.
-pub fn run(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, name: &str) {
-    run_inner(stream, state, heartbeat, name);
+pub fn run(chan: &mut Channel, state: &LinkState, heartbeat: Duration, name: &str) {
+    run_inner(chan, state, heartbeat, name);
     state.finished.store(true, Ordering::Release);
 }
 
-fn run_inner(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, name: &str) {
+fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name: &str) {
     let dead_after = (heartbeat * 5).max(Duration::from_millis(500));
     let tick = heartbeat.min(Duration::from_millis(20));
     let mut next_beat = Instant::now();
@@ -115,11 +151,11 @@ fn run_inner(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, 
             Ended::Active => {}
             Ended::Local(reason, message) => {
                 let _ = stream.send(&ControlMsg::Goodbye(Goodbye { reason, message }));
-                stream.shutdown();
+                stream.stream.shutdown();
                 return;
             }
             Ended::Lost(_) | Ended::Closed(..) => {
-                stream.shutdown();
+                stream.stream.shutdown();
                 return;
             }
         }
@@ -134,7 +170,7 @@ fn run_inner(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, 
         match stream.recv_until(Instant::now() + tick) {
             Ok(Some(ControlMsg::Heartbeat(_))) => last_rx = Instant::now(),
             Ok(Some(ControlMsg::Goodbye(g))) => {
-                tracing::debug!(link = name, reason = ?g.reason, message = %g.message, "peer said goodbye");
+                tracing::debug!(link = ?name, reason = ?g.reason, message = ?g.message, "peer said goodbye");
                 state.peer_closed(g.reason, g.message);
             }
             Ok(Some(other)) => {
@@ -142,7 +178,7 @@ fn run_inner(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, 
                     "protocol violation: unexpected {} after the handshake",
                     other.kind()
                 );
-                tracing::warn!(link = name, "{why}");
+                tracing::warn!(link = ?name, "{why}");
                 if state.peer_lost(why.clone()) {
                     let _ = stream.send(&ControlMsg::Goodbye(Goodbye {
                         reason: GoodbyeReason::Error,
@@ -153,7 +189,7 @@ fn run_inner(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, 
             Ok(None) => {
                 if last_rx.elapsed() > dead_after {
                     let why = format!("no heartbeat for {} ms", last_rx.elapsed().as_millis());
-                    tracing::warn!(link = name, "{why}");
+                    tracing::warn!(link = ?name, "{why}");
                     state.peer_lost(why);
                 }
             }
@@ -163,7 +199,7 @@ fn run_inner(stream: &mut FramedStream, state: &LinkState, heartbeat: Duration, 
                 } else {
                     e.to_string()
                 };
-                tracing::info!(link = name, "{why}");
+                tracing::info!(link = ?name, "{}", why.escape_debug());
                 state.peer_lost(why);
             }
         }

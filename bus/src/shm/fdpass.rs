@@ -294,6 +294,23 @@ impl FdExchange {
         reply: Vec<OwnedFd>,
         deadline: Instant,
     ) -> Result<Vec<OwnedFd>, Error> {
+        self.try_register(ticket, reply)?.wait(deadline)
+    }
+
+    /// Registers the single-use `ticket` now (before the peer is told it, so it can never
+    /// arrive first), to be waited for later with [`Registration::wait`]. The ticket is
+    /// removed when the registration is dropped. Panics on more than [`MAX_FDS`] replies or a
+    /// ticket already registered (tickets are random).
+    pub fn register(&self, ticket: [u8; TICKET_LEN], reply: Vec<OwnedFd>) -> Registration {
+        self.try_register(ticket, reply)
+            .expect("a fresh random ticket and at most MAX_FDS descriptors")
+    }
+
+    fn try_register(
+        &self,
+        ticket: [u8; TICKET_LEN],
+        reply: Vec<OwnedFd>,
+    ) -> Result<Registration, Error> {
         if reply.len() > MAX_FDS {
             return Err(Error::Config(format!(
                 "{} descriptors to pass, at most {MAX_FDS}",
@@ -311,16 +328,42 @@ impl FdExchange {
             ));
         }
         tickets.insert(ticket, Slot::Waiting);
+        Ok(Registration {
+            shared: self.shared.clone(),
+            name: self.name.clone(),
+            ticket,
+            reply,
+        })
+    }
+}
+
+/// A ticket registered on an [`FdExchange`], waiting for its peer.
+pub struct Registration {
+    shared: Arc<Shared>,
+    name: String,
+    ticket: [u8; TICKET_LEN],
+    reply: Vec<OwnedFd>,
+}
+
+impl Registration {
+    /// Waits, until `deadline`, for the peer to present the ticket; then sends the reply's
+    /// descriptors back over that connection and returns the peer's.
+    pub fn wait(self, deadline: Instant) -> Result<Vec<OwnedFd>, Error> {
+        let mut tickets = self
+            .shared
+            .tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let (conn, fds) = loop {
-            if matches!(tickets.get(&ticket), Some(Slot::Arrived { .. })) {
-                match tickets.remove(&ticket) {
+            if matches!(tickets.get(&self.ticket), Some(Slot::Arrived { .. })) {
+                match tickets.remove(&self.ticket) {
                     Some(Slot::Arrived { conn, fds }) => break (conn, fds),
                     _ => unreachable!("checked under the same lock"),
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                tickets.remove(&ticket);
+                tickets.remove(&self.ticket);
                 return Err(Error::Timeout(format!(
                     "no peer presented its ticket on fd exchange {}",
                     self.name
@@ -334,10 +377,21 @@ impl FdExchange {
                 .0;
         };
         drop(tickets);
-        let borrowed: Vec<BorrowedFd<'_>> = reply.iter().map(|f| f.as_fd()).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = self.reply.iter().map(|f| f.as_fd()).collect();
         send_with_fds(conn.as_fd(), &[REPLY_OK], &borrowed)
             .map_err(|e| Error::io("sending descriptors back over the fd exchange", e))?;
         Ok(fds)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Gone already if it was waited for; otherwise the peer never came.
+        self.shared
+            .tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.ticket);
     }
 }
 

@@ -13,7 +13,7 @@ mod region;
 mod tests;
 
 pub use cq::CompletionQueue;
-pub use fdpass::FdExchange;
+pub use fdpass::{FdExchange, Registration};
 pub use link::{ShmRemoteRing, CREDIT_FILE_LEN};
 pub use local::ShmLocalRing;
 pub(crate) use region::reserve;

@@ -1,6 +1,8 @@
 //! Helpers for tests that run subscribers and publishers as separate processes.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use rdmabus::Psk;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
@@ -8,10 +10,11 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const KEY: &str = "process-test-key-0123456789abcdef";
+pub const KEY: &str =
+    "rdmabus-psk-v1:0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 
 pub fn psk() -> Psk {
-    Psk::new(KEY.as_bytes().to_vec()).unwrap()
+    Psk::parse(KEY).unwrap()
 }
 
 /// A child process killed when dropped (so a failing test leaves none behind).

@@ -118,7 +118,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
                 IdleStrategy::Backoff => "backoff",
             },
         ])
-        .env("RDMABUS_PSK", psk.as_text().expect("random keys are text"))
+        .env("RDMABUS_PSK", psk.to_text())
         .stdout(Stdio::piped())
         .stdin(Stdio::null());
         if i == a.subscribers && a.slow_us > 0 {

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd_demo;
 mod cmd_doctor;
+mod cmd_keygen;
 mod cmd_pub;
 mod cmd_stat;
 mod cmd_sub;
@@ -16,8 +17,9 @@ use clap::{Parser, Subcommand};
 /// data path: publishers write zero-copy rkyv messages straight into each subscriber's ring
 /// (shared memory on one box, RDMA between boxes); subscribers busy-poll and read in place.
 ///
-/// Start with `rdmabus demo`. Keys: publishers and subscribers prove a shared key, given with
-/// --key-file FILE or in the RDMABUS_PSK environment variable (16 bytes or more).
+/// Start with `rdmabus demo`. Keys: publishers and subscribers prove a shared key, made with
+/// `rdmabus keygen FILE` and given with --key-file FILE or in the RDMABUS_PSK environment
+/// variable (passphrases are refused: they could be guessed offline).
 #[derive(Parser)]
 #[command(name = "rdmabus", version, propagate_version = true)]
 struct Cli {
@@ -41,6 +43,8 @@ enum Command {
     /// Check this machine: RDMA devices, ports, GIDs, MTU, memlock, hugepages, CPU governor,
     /// isolated CPUs, thread pinning; each with a verdict and a hint.
     Doctor(cmd_doctor::DoctorArgs),
+    /// Write a new random pre-shared key to a new file (mode 0600, never overwrites).
+    Keygen(cmd_keygen::KeygenArgs),
 }
 
 fn main() {
@@ -59,6 +63,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Stat(a) => cmd_stat::run(a),
         Command::Doctor(a) => cmd_doctor::run(a),
+        Command::Keygen(a) => cmd_keygen::run(a),
     };
     rdmabus::stats_file::remove_own_file();
     if let Err(e) = result {

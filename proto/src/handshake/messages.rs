@@ -1,15 +1,4 @@
-//! Control messages and their validation.
-//!
-//! The handshake, subscriber (S) to publisher (P):
-//! 1. S → P `Hello`: topic, message schema, transport kind, client nonce.
-//! 2. P → S `Challenge`: server nonce, the publisher's proof of the key, its slot size.
-//!    (or `Reject`: unknown topic, schema mismatch, transport not offered, version mismatch)
-//! 3. S → P `Auth`: the subscriber's proof, its ring geometry and ring endpoint.
-//!    Nothing the subscriber names is touched before this proof checks out.
-//! 4. P → S `Welcome`: subscriber id, heartbeat interval, next sequence, credit endpoint.
-//!    (or `Reject`: wrong key, bad geometry, bad endpoint)
-//!
-//! Then either side sends `Heartbeat`s, and `Goodbye` before an orderly close.
+//! Control messages and their validation (the order they travel in: see [`super`]).
 
 use crate::auth::{Nonce, Proof};
 use crate::frame::{self, FrameError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
@@ -22,7 +11,7 @@ pub const MAX_TOPIC_LEN: usize = 64;
 pub const MAX_SCHEMA_LEN: usize = 256;
 /// Longest free-text field (names, reasons).
 pub const MAX_TEXT_LEN: usize = 512;
-/// Longest shared-memory path.
+/// Longest shared-memory path or socket name.
 pub const MAX_PATH_LEN: usize = 255;
 /// File-name prefix every shared-memory file of the bus carries.
 pub const SHM_PREFIX: &str = "rdmabus-";
@@ -51,7 +40,8 @@ pub struct VerbsEndpoint {
     pub lid: u16,
     /// Path MTU in bytes.
     pub mtu: u32,
-    /// Address of the remotely writable memory (ring or credit word).
+    /// Address of the remotely writable memory (ring or credit word): 0 when the region is
+    /// registered zero-based, so that no virtual address travels.
     pub addr: u64,
     /// Remote key of that memory.
     pub rkey: u32,
@@ -59,23 +49,22 @@ pub struct VerbsEndpoint {
     pub len: u64,
 }
 
-/// A subscriber's ring and completion queue in shared memory.
+/// Where the subscriber hands over its shared-memory ring (shm transport): a Unix socket of
+/// the publisher, and a single-use ticket that names this handshake there.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
-pub struct ShmRing {
-    /// Ring file.
-    pub ring_path: String,
-    /// Completion-queue file.
-    pub cq_path: String,
+pub struct ShmOffer {
+    /// Abstract Unix socket name.
+    pub socket: String,
+    /// Single-use ticket to present with the file descriptors.
+    pub ticket: [u8; 32],
 }
 
 /// A publisher's credit word in shared memory.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ShmCredit {
-    /// Credit file.
-    pub path: String,
-    /// Byte offset of the credit word in it.
+    /// Byte offset of the credit word in the credit memory passed over the socket.
     pub offset: u64,
 }
 
@@ -83,8 +72,8 @@ pub struct ShmCredit {
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum SubEndpoint {
-    /// Files under the shared-memory directory holding the ring and the completion queue.
-    Shm(ShmRing),
+    /// Sealed memory (ring and completion queue) passed over the publisher's Unix socket.
+    Shm,
     /// A verbs queue pair and the registered ring.
     Verbs(VerbsEndpoint),
 }
@@ -93,7 +82,7 @@ pub enum SubEndpoint {
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum PubEndpoint {
-    /// A file under the shared-memory directory, and the byte offset of the credit word.
+    /// Sealed memory passed back over the Unix socket, and the credit word's offset in it.
     Shm(ShmCredit),
     /// A verbs queue pair and the registered credit word.
     Verbs(VerbsEndpoint),
@@ -115,16 +104,32 @@ pub struct Hello {
     pub client_name: String,
 }
 
-/// Publisher's answer to `Hello`.
+/// Publisher's answer to `Hello`: only a nonce. Nothing that depends on the key, and nothing
+/// about its topics, goes to a peer that has not proven the key.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Challenge {
     /// Fresh random nonce.
     pub server_nonce: Nonce,
-    /// Publisher's proof of the key.
+}
+
+/// The subscriber's proof of the key over the transcript (Hello and Challenge, every byte).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProofMsg {
+    /// HMAC-SHA256 under the key (see [`crate::auth::subscriber_proof`]).
     pub proof: Proof,
+}
+
+/// The publisher accepted the subscription (sealed: its MAC under the session key is the
+/// publisher's proof of the key).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Accept {
     /// Smallest slot size the subscriber's ring may have (the publisher's slot size).
     pub slot_size: u32,
+    /// Where to hand over shared memory (shm transport only).
+    pub shm: Option<ShmOffer>,
 }
 
 /// Ring geometry as it travels.
@@ -137,12 +142,10 @@ pub struct RingDescriptor {
     pub slot_size: u32,
 }
 
-/// Subscriber's proof and ring.
+/// Subscriber's ring (sealed).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Auth {
-    /// Subscriber's proof of the key.
-    pub proof: Proof,
     /// Geometry of the subscriber's ring.
     pub ring: RingDescriptor,
     /// Where the ring lives.
@@ -244,6 +247,10 @@ pub enum ControlMsg {
     Hello(Hello),
     /// See [`Challenge`].
     Challenge(Challenge),
+    /// See [`ProofMsg`].
+    Proof(ProofMsg),
+    /// See [`Accept`].
+    Accept(Accept),
     /// See [`Auth`].
     Auth(Auth),
     /// See [`Welcome`].
@@ -262,6 +269,8 @@ impl ControlMsg {
         match self {
             Self::Hello(_) => "Hello",
             Self::Challenge(_) => "Challenge",
+            Self::Proof(_) => "Proof",
+            Self::Accept(_) => "Accept",
             Self::Auth(_) => "Auth",
             Self::Welcome(_) => "Welcome",
             Self::Reject(_) => "Reject",
@@ -270,19 +279,15 @@ impl ControlMsg {
         }
     }
 
-    /// Encodes a whole frame (header and payload) in this build's protocol version.
+    /// Encodes a whole unsealed frame (header and payload) in this build's protocol version.
     pub fn encode(&self) -> Vec<u8> {
         self.encode_with_version(frame::PROTOCOL_VERSION)
     }
 
-    /// Encodes a whole frame claiming `version` (for answering, or testing, other versions).
+    /// Encodes a whole unsealed frame claiming `version` (for answering, or testing, other
+    /// versions).
     pub fn encode_with_version(&self, version: u16) -> Vec<u8> {
-        let payload =
-            rkyv::to_bytes::<rancor::Error>(self).expect("control messages always serialize");
-        assert!(
-            payload.len() <= MAX_FRAME_LEN as usize,
-            "control message larger than a frame"
-        );
+        let payload = self.payload();
         let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
         out.extend_from_slice(&frame::encode_header_with_version(
             payload.len() as u32,
@@ -290,6 +295,17 @@ impl ControlMsg {
         ));
         out.extend_from_slice(&payload);
         out
+    }
+
+    /// The message's archive bytes (a frame's payload, without header or tag).
+    pub fn payload(&self) -> Vec<u8> {
+        let payload =
+            rkyv::to_bytes::<rancor::Error>(self).expect("control messages always serialize");
+        assert!(
+            payload.len() + crate::auth::PROOF_LEN <= MAX_FRAME_LEN as usize,
+            "control message larger than a frame"
+        );
+        payload.to_vec()
     }
 
     /// Validates and decodes a frame payload, then checks every field's bounds.
@@ -316,20 +332,17 @@ impl ControlMsg {
                 text("schema", &h.schema, MAX_SCHEMA_LEN)?;
                 text("client name", &h.client_name, MAX_TEXT_LEN)
             }
-            Self::Auth(a) => match &a.endpoint {
-                SubEndpoint::Shm(r) => {
-                    text("ring path", &r.ring_path, MAX_PATH_LEN)?;
-                    text("completion queue path", &r.cq_path, MAX_PATH_LEN)
-                }
-                SubEndpoint::Verbs(_) => Ok(()),
-            },
-            Self::Welcome(w) => match &w.endpoint {
-                PubEndpoint::Shm(c) => text("credit path", &c.path, MAX_PATH_LEN),
-                PubEndpoint::Verbs(_) => Ok(()),
+            Self::Accept(a) => match &a.shm {
+                Some(o) => text("socket name", &o.socket, MAX_PATH_LEN),
+                None => Ok(()),
             },
             Self::Reject(r) => text("reject message", &r.message, MAX_TEXT_LEN),
             Self::Goodbye(g) => text("goodbye message", &g.message, MAX_TEXT_LEN),
-            Self::Challenge(_) | Self::Heartbeat(_) => Ok(()),
+            Self::Auth(_)
+            | Self::Welcome(_)
+            | Self::Challenge(_)
+            | Self::Proof(_)
+            | Self::Heartbeat(_) => Ok(()),
         }
     }
 }
@@ -348,26 +361,6 @@ pub fn check_topic(topic: &str) -> Result<(), String> {
     {
         return Err(format!(
             "topic name {topic:?} has character {c:?}; use A-Z a-z 0-9 . _ -"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a shared-memory path named by a peer: a plain `rdmabus-*` file directly in `dir`.
-pub fn check_shm_path(path: &str, dir: &str) -> Result<(), String> {
-    let name = path
-        .strip_prefix(dir)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .ok_or_else(|| format!("shared-memory path {path:?} is not in {dir}"))?;
-    let ok_name = name.starts_with(SHM_PREFIX)
-        && name.len() > SHM_PREFIX.len()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && !name.contains("..");
-    if !ok_name || path.len() > MAX_PATH_LEN {
-        return Err(format!(
-            "shared-memory path {path:?} is not an {SHM_PREFIX}* file name"
         ));
     }
     Ok(())
@@ -438,22 +431,27 @@ mod tests {
             hello(),
             ControlMsg::Challenge(Challenge {
                 server_nonce: [1; 32],
-                proof: [2; 32],
+            }),
+            ControlMsg::Proof(ProofMsg { proof: [2; 32] }),
+            ControlMsg::Accept(Accept {
                 slot_size: 128,
+                shm: Some(ShmOffer {
+                    socket: "rdmabus/1/abc".into(),
+                    ticket: [4; 32],
+                }),
+            }),
+            ControlMsg::Accept(Accept {
+                slot_size: 128,
+                shm: None,
             }),
             ControlMsg::Auth(Auth {
-                proof: [3; 32],
                 ring: RingDescriptor {
                     slots: 64,
                     slot_size: 128,
                 },
-                endpoint: SubEndpoint::Shm(ShmRing {
-                    ring_path: "/dev/shm/rdmabus-r".into(),
-                    cq_path: "/dev/shm/rdmabus-c".into(),
-                }),
+                endpoint: SubEndpoint::Shm,
             }),
             ControlMsg::Auth(Auth {
-                proof: [3; 32],
                 ring: RingDescriptor {
                     slots: 64,
                     slot_size: 128,
@@ -464,10 +462,7 @@ mod tests {
                 subscriber_id: 9,
                 heartbeat_ms: 100,
                 next_seq: u64::MAX,
-                endpoint: PubEndpoint::Shm(ShmCredit {
-                    path: "/dev/shm/rdmabus-x".into(),
-                    offset: 64,
-                }),
+                endpoint: PubEndpoint::Shm(ShmCredit { offset: 64 }),
             }),
             ControlMsg::Reject(Reject::new(RejectCode::AuthFailed, "nope")),
             ControlMsg::Heartbeat(Heartbeat { sent_ns: 1 }),
@@ -491,11 +486,6 @@ mod tests {
         let err = ControlMsg::decode(&bytes[FRAME_HEADER_LEN..]).unwrap_err();
         assert!(err.to_string().contains("topic name"), "{err}");
         assert!(check_topic(&"x".repeat(65)).is_err());
-        assert!(check_shm_path("/dev/shm/rdmabus-abc", "/dev/shm").is_ok());
-        assert!(check_shm_path("/dev/shm/../etc/passwd", "/dev/shm").is_err());
-        assert!(check_shm_path("/dev/shm/rdmabus-a/../../x", "/dev/shm").is_err());
-        assert!(check_shm_path("/tmp/rdmabus-abc", "/dev/shm").is_err());
-        assert!(check_shm_path("/dev/shm/other", "/dev/shm").is_err());
         assert_eq!(
             check_ring(
                 &RingDescriptor {
