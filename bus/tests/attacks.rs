@@ -156,6 +156,23 @@ fn a_thousand_idle_connections_cost_bounded_threads_and_a_subscriber_still_gets_
         .start()
         .unwrap();
     let mut p = node.publisher::<Quote>("quotes").build().unwrap();
+    // 1000 sockets here and as many accepted on the other side: lift the soft limit (the
+    // Soft-RoCE guest starts at 1024).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    assert!(
+        lim.rlim_cur >= 2100,
+        "RLIMIT_NOFILE {} too low for this test",
+        lim.rlim_cur
+    );
     let before = task_count();
     // The flood comes from another loopback address than the legitimate subscriber.
     let attacker: SocketAddr = "127.0.0.2:0".parse().unwrap();
@@ -176,10 +193,17 @@ fn a_thousand_idle_connections_cost_bounded_threads_and_a_subscriber_still_gets_
     );
     assert!(node.handshakes_in_progress() <= 8);
     let t0 = Instant::now();
-    let mut sub = rdmabus::Subscriber::<Quote>::builder(target, "quotes")
+    let mut sub = match rdmabus::Subscriber::<Quote>::builder(target, "quotes")
         .psk(psk())
         .connect()
-        .expect("a legitimate subscriber was locked out");
+    {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "a legitimate subscriber was locked out after {:?}: {e}; node: {:?}",
+            t0.elapsed(),
+            node.events()
+        ),
+    };
     eprintln!("subscriber joined in {:?} during the flood", t0.elapsed());
     p.wait_for_subscribers(1, Duration::from_secs(5)).unwrap();
     p.publish(&Quote::synthetic(7)).unwrap();

@@ -104,12 +104,12 @@ fn block_never_loses_with_a_slow_subscriber() {
     );
     p.wait_for_subscribers(2, WAIT).unwrap();
     publish(&mut p, 2000);
-    for s in [slow, fast] {
-        let r = s.report(WAIT);
-        let t = topic(&r, "quotes");
-        assert_complete(t, 2000);
-    }
+    let reports: Vec<_> = [slow, fast].into_iter().map(|s| s.report(WAIT)).collect();
     let stats = p.stats();
+    eprintln!("publisher: {stats:?}");
+    for r in &reports {
+        assert_complete(topic(r, "quotes"), 2000);
+    }
     let slow = stats.subscribers.iter().find(|s| s.name == "slow").unwrap();
     assert!(
         slow.credit_stalls > 0,

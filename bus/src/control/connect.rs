@@ -138,7 +138,11 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
                         // The publisher registered the ticket before it sent Accept, and
                         // waits for the memory once it has Auth.
                         if let (Pending::Shm(local, credit), Some(offer)) = (&mut pend, offer) {
-                            *credit = Some(hand_over(local, &offer, p.timeout)?);
+                            match hand_over(local, &offer, p.timeout) {
+                                Ok(fd) => *credit = Some(fd),
+                                // The publisher may have said why on the connection.
+                                Err(e) => return Err(refusal_or(&mut fs, &mut hs, e, p.addr)),
+                            }
                         }
                         pending = Some((pend, geometry));
                         Ok(())
@@ -260,6 +264,31 @@ fn build_ring(
             ))
         }
     }
+}
+
+/// The publisher's refusal if one arrives within a second, else `e`.
+fn refusal_or(
+    fs: &mut FramedStream,
+    hs: &mut ClientHandshake,
+    e: Error,
+    addr: SocketAddr,
+) -> Error {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline {
+        match fs.read_until(deadline, &mut chunk) {
+            Ok(Some(n)) => hs.handle_input(&chunk[..n], Instant::now()),
+            Ok(None) => break,
+            Err(_) => hs.handle_close(),
+        }
+        if let Some(ClientEvent::Failed(f)) = hs.poll_event() {
+            if !matches!(f, HandshakeError::Protocol(_)) {
+                return handshake_error(f, addr);
+            }
+            break;
+        }
+    }
+    e
 }
 
 /// Hands the ring's memory to the publisher over its Unix socket; returns its credit memory.

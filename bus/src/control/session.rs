@@ -162,7 +162,21 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
         let now = Instant::now();
         if now >= next_beat {
             if let Err(e) = stream.send(&ControlMsg::Heartbeat(Heartbeat { sent_ns: now_ns() })) {
-                state.peer_lost(format!("sending heartbeat: {e}"));
+                // The peer may have said goodbye and closed: its goodbye is still readable.
+                let deadline = Instant::now() + Duration::from_millis(100);
+                loop {
+                    match stream.recv_until(deadline) {
+                        Ok(Some(ControlMsg::Goodbye(g))) => {
+                            state.peer_closed(g.reason, g.message);
+                            break;
+                        }
+                        Ok(Some(_)) => continue,
+                        Ok(None) | Err(_) => {
+                            state.peer_lost(format!("sending heartbeat: {e}"));
+                            break;
+                        }
+                    }
+                }
                 continue;
             }
             next_beat = now + heartbeat;

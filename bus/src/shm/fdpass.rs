@@ -489,6 +489,13 @@ fn serve(conn: OwnedFd, guard: ActiveGuard) {
     let Ok(req) = recv_with_fds(conn.as_fd(), &mut ticket) else {
         return;
     };
+    if req.ctrl_truncated {
+        // The kernel could not install the descriptors: this process is out of them.
+        tracing::warn!(
+            "fd exchange: a peer's descriptors were lost (out of file descriptors? raise \
+             RLIMIT_NOFILE)"
+        );
+    }
     if req.len != TICKET_LEN
         || req.truncated
         || req.ctrl_truncated
