@@ -10,11 +10,11 @@ use crate::{Error, IdleStrategy, Message, Policy};
 use memmap2::MmapMut;
 use rdmabus_proto::codec;
 use rdmabus_proto::credit::CreditTracker;
-use rdmabus_proto::handshake::{check_topic, GoodbyeReason};
+use rdmabus_proto::handshake::{check_topic, GoodbyeReason, StreamEnd};
 use rdmabus_proto::slot::{imm_of, HEADER_LEN};
 use rdmabus_proto::{RingGeometry, SlotHeader};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SLOT_SIZE: u32 = 1024;
 /// Default number of staging slots.
 pub const DEFAULT_STAGING_SLOTS: u32 = 64;
+/// Default stall budget of a Block subscriber ([`PublisherBuilder::block_timeout`]).
+pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Departed subscribers whose last counters `stats()` keeps (the oldest go first).
+pub const MAX_DEPARTED: usize = 256;
 
 /// Builds a [`Publisher`]; from [`crate::Node::publisher`].
 pub struct PublisherBuilder<T> {
@@ -34,6 +38,7 @@ pub struct PublisherBuilder<T> {
     idle: IdleStrategy,
     max_subscribers: u32,
     max_ring_bytes: u64,
+    block_timeout: Option<Duration>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -49,8 +54,18 @@ impl<T: Message> PublisherBuilder<T> {
             idle: IdleStrategy::BusySpin,
             max_subscribers: crate::control::limits::DEFAULT_MAX_SUBSCRIBERS,
             max_ring_bytes: crate::control::limits::DEFAULT_MAX_RING_BYTES,
+            block_timeout: Some(DEFAULT_BLOCK_TIMEOUT),
             _t: PhantomData,
         }
+    }
+
+    /// Under [`Policy::Block`], the longest one `send()` waits for one subscriber's credit
+    /// (default 2 s): a subscriber that holds the publisher longer is cut as a slow consumer
+    /// and counted, so a stuck subscriber costs the others this much at most, once. `None`
+    /// waits for as long as the subscriber stays connected.
+    pub fn block_timeout(mut self, budget: Option<Duration>) -> Self {
+        self.block_timeout = budget;
+        self
     }
 
     /// Most subscribers of this topic at once (default 64); one more is refused with
@@ -124,6 +139,7 @@ impl<T: Message> PublisherBuilder<T> {
             next_id: AtomicU32::new(1),
             has_pending: Default::default(),
             pending: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
             staging: staging_info,
             budget: crate::control::limits::TopicBudget::new(
                 self.max_subscribers,
@@ -142,7 +158,9 @@ impl<T: Message> PublisherBuilder<T> {
         }
         Ok(Publisher {
             links: Vec::new(),
-            departed: Vec::new(),
+            departed: std::collections::VecDeque::new(),
+            departed_dropped: 0,
+            block_timeout: self.block_timeout,
             node: self.node,
             topic,
             staging,
@@ -167,6 +185,8 @@ struct Link {
     state: Arc<LinkState>,
     counters: Counters,
     dropped_pending: u64,
+    /// The sequence after the last one written to this subscriber (its goodbye names it).
+    next_unsent: u64,
     /// Its share of the topic's caps, given back when the link is removed.
     _reservation: crate::control::limits::Reservation,
 }
@@ -177,8 +197,20 @@ impl Link {
     #[cold]
     fn fail(&self, why: String) {
         self.counters.entry().add(L::ERRORS, 1);
-        tracing::warn!(id = self.id, name = %self.name, "cutting subscriber loose: {why}");
-        self.state.close_locally(GoodbyeReason::Error, why);
+        tracing::warn!(id = self.id, name = ?self.name, "cutting subscriber loose: {why}");
+        self.close(GoodbyeReason::Error, why);
+    }
+
+    /// Says goodbye, naming where this subscriber's stream ended.
+    fn close(&self, reason: GoodbyeReason, why: String) {
+        self.state.close_with_end(reason, why, self.end());
+    }
+
+    fn end(&self) -> StreamEnd {
+        StreamEnd {
+            first_unsent: self.next_unsent,
+            dropped_after: self.dropped_pending,
+        }
     }
 
     fn info(&self) -> SubscriberInfo {
@@ -206,7 +238,10 @@ impl Link {
 pub struct Publisher<T> {
     // Links go first: fields drop in order, and links may have the staging memory registered.
     links: Vec<Link>,
-    departed: Vec<SubscriberInfo>,
+    departed: std::collections::VecDeque<SubscriberInfo>,
+    /// Departed subscribers no longer kept in `departed`.
+    departed_dropped: u64,
+    block_timeout: Option<Duration>,
     node: Arc<NodeShared>,
     topic: Arc<TopicShared>,
     staging: RingGeometry,
@@ -375,16 +410,26 @@ impl<T> Publisher<T> {
     /// Closes the topic in order: every subscriber is told goodbye (after the messages already
     /// in its ring), waiting up to `timeout` for the goodbyes to go out.
     pub fn close(mut self, timeout: Duration) -> PublisherStats {
-        self.adopt_pending();
-        for link in &self.links {
-            link.state
-                .close_locally(GoodbyeReason::Shutdown, "publisher closed the topic");
-        }
+        self.close_topic();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && !self.links.iter().all(|l| l.state.is_finished()) {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.stats()
+    }
+
+    /// Says goodbye to every subscriber, and refuses any handshake still finishing.
+    fn close_topic(&mut self) {
+        self.adopt_pending();
+        {
+            // Under the pending lock, so a handshake finishing now sees the topic closed.
+            let _g = self.topic.pending.lock().unwrap_or_else(|p| p.into_inner());
+            self.topic.closed.store(true, Ordering::Release);
+        }
+        self.adopt_pending();
+        for link in &self.links {
+            link.close(GoodbyeReason::Shutdown, "publisher closed the topic".into());
+        }
     }
 
     fn adopt_pending(&mut self) {
@@ -405,6 +450,7 @@ impl<T> Publisher<T> {
                 state: l.state,
                 counters: l.counters,
                 dropped_pending: 0,
+                next_unsent: self.next_seq,
                 _reservation: l.reservation,
             });
         }
@@ -420,8 +466,12 @@ impl<T> Publisher<T> {
                 let link = self.links.swap_remove(i);
                 let info = link.info();
                 self.counters.entry().add(TP::LEAVES, 1);
-                tracing::info!(topic = %self.topic.name, id = info.id, name = %info.name, end = ?info.end, "subscriber removed");
-                self.departed.push(info);
+                tracing::info!(topic = %self.topic.name, id = info.id, name = ?info.name, end = ?info.end, "subscriber removed");
+                if self.departed.len() == MAX_DEPARTED {
+                    self.departed.pop_front();
+                    self.departed_dropped += 1;
+                }
+                self.departed.push_back(info);
             }
         }
     }
@@ -433,8 +483,17 @@ impl<T> Publisher<T> {
         let publish_ns = now_ns();
         let payload = &self.memory[offset + HEADER_LEN..offset + HEADER_LEN + len];
         let mut any_dead = false;
+        let budget = self.block_timeout;
         for link in &mut self.links {
-            if !deliver(link, self.policy, self.idle, seq, publish_ns, payload) {
+            if !deliver(
+                link,
+                self.policy,
+                self.idle,
+                budget,
+                seq,
+                publish_ns,
+                payload,
+            ) {
                 any_dead = true;
             }
         }
@@ -454,6 +513,7 @@ fn deliver(
     link: &mut Link,
     policy: Policy,
     idle: IdleStrategy,
+    block_timeout: Option<Duration>,
     seq: u64,
     publish_ns: u64,
     payload: &[u8],
@@ -472,9 +532,26 @@ fn deliver(
         match policy {
             Policy::Block => {
                 let mut rounds = 0u32;
+                // The clock is read only while stalled, and then only every 1024 rounds.
+                let started = Instant::now();
                 while link.credit.available() == 0 {
                     if !link.state.is_active() {
                         return false;
+                    }
+                    if rounds & 1023 == 1023 {
+                        if let Some(budget) = block_timeout {
+                            if started.elapsed() > budget {
+                                link.counters.entry().add(L::STALL_CUTS, 1);
+                                let why = format!(
+                                    "held the publisher for more than {budget:?} with a full \
+                                     ring of {} slots at sequence {seq}: slow consumer",
+                                    link.geometry.slots()
+                                );
+                                tracing::warn!(id = link.id, name = ?link.name, "cutting subscriber loose: {why}");
+                                link.close(GoodbyeReason::SlowConsumer, why);
+                                return false;
+                            }
+                        }
                     }
                     idle.idle(rounds);
                     rounds = rounds.saturating_add(1);
@@ -494,7 +571,7 @@ fn deliver(
                     "ring of {} slots full at sequence {seq}: slow consumer",
                     link.geometry.slots()
                 );
-                link.state.close_locally(GoodbyeReason::SlowConsumer, why);
+                link.close(GoodbyeReason::SlowConsumer, why);
                 return false;
             }
         }
@@ -509,17 +586,14 @@ fn deliver(
         return false;
     }
     link.dropped_pending = 0;
+    link.next_unsent = seq.wrapping_add(1);
     link.counters.entry().add(L::SENT, 1);
     true
 }
 
 impl<T> Drop for Publisher<T> {
     fn drop(&mut self) {
-        self.adopt_pending();
-        for link in &self.links {
-            link.state
-                .close_locally(GoodbyeReason::Shutdown, "publisher closed the topic");
-        }
+        self.close_topic();
         self.node
             .topics
             .lock()

@@ -67,6 +67,8 @@ pub mod link {
     pub const ERRORS: usize = 3;
     /// 1 while connected.
     pub const ACTIVE: usize = 4;
+    /// Times it was cut for holding a Block publisher past its stall budget.
+    pub const STALL_CUTS: usize = 5;
 }
 
 /// Counter indices of a subscription entry.

@@ -66,6 +66,7 @@ fn relay(upstream: SocketAddr, tamper: Tamper, inject_goodbye: Arc<AtomicBool>) 
                 let forged = ControlMsg::Goodbye(Goodbye {
                     reason: GoodbyeReason::Shutdown,
                     message: "forged by the relay".into(),
+                    end: None,
                 })
                 .encode();
                 let _ = down_w.write_all(&forged);

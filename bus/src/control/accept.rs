@@ -170,6 +170,9 @@ fn set_up_ring(
         (Some(t), Some(h)) => (t.clone(), h.clone()),
         _ => return hs.reject(RejectCode::BadMessage, "Auth before Accept"),
     };
+    if topic.closed.load(Ordering::Acquire) {
+        return hs.reject(RejectCode::Unavailable, "the publisher closed the topic");
+    }
     let geometry = match check_ring(&auth.ring, topic.slot_size) {
         Ok(g) => g,
         Err(r) => return hs.reject(r.code, r.message),
@@ -284,19 +287,29 @@ fn established(node: &NodeShared, fs: FramedStream, session: Session, p: Progres
         counters: crate::stats_file::Counters::new(crate::stats_file::Kind::Link, id, &link_name),
         reservation,
     };
-    node.event(NodeEvent::Joined {
-        topic: topic.name.clone(),
-        id,
-        name: name.clone(),
-        peer,
-    });
-    tracing::info!(topic = %topic.name, id, name = ?name, %peer, "subscriber joined");
-    topic
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(link);
-    topic.has_pending.store(true, Ordering::Release);
+    {
+        let mut pending = topic.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if topic.closed.load(Ordering::Acquire) {
+            // The publisher went away during the handshake: say so at once, rather than
+            // heartbeat a link nobody will ever feed.
+            state.close_locally(
+                rdmabus_proto::handshake::GoodbyeReason::Shutdown,
+                "publisher closed the topic",
+            );
+            drop(pending);
+            drop(link);
+        } else {
+            tracing::info!(topic = %topic.name, id, name = ?name, %peer, "subscriber joined");
+            node.event(NodeEvent::Joined {
+                topic: topic.name.clone(),
+                id,
+                name: name.clone(),
+                peer,
+            });
+            pending.push(link);
+            topic.has_pending.store(true, Ordering::Release);
+        }
+    }
     // This thread now keeps the link's heartbeats.
     let mut chan = Channel {
         stream: fs,

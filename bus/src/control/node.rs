@@ -59,6 +59,9 @@ pub(crate) struct TopicShared {
     pub next_id: AtomicU32,
     pub has_pending: AtomicBool,
     pub pending: Mutex<Vec<NewLink>>,
+    /// Set (under the `pending` lock) when the publisher is dropped or closed: a handshake
+    /// that finishes later is refused.
+    pub closed: AtomicBool,
     pub staging: crate::verbs::link::Staging,
     pub budget: Arc<TopicBudget>,
 }

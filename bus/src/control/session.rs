@@ -3,7 +3,7 @@
 
 use super::framed::{is_disconnect, FramedStream};
 use crate::clock::now_ns;
-use rdmabus_proto::handshake::{ControlMsg, Goodbye, GoodbyeReason, Heartbeat, Session};
+use rdmabus_proto::handshake::{ControlMsg, Goodbye, GoodbyeReason, Heartbeat, Session, StreamEnd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,6 +32,9 @@ pub struct LinkState {
     code: AtomicU8,
     ended: Mutex<Ended>,
     finished: std::sync::atomic::AtomicBool,
+    /// Where the publisher's stream ended: set by the publisher before it closes (sent in
+    /// its goodbye), or from the publisher's goodbye on the subscriber's side.
+    stream_end: Mutex<Option<StreamEnd>>,
 }
 
 impl LinkState {
@@ -41,6 +44,7 @@ impl LinkState {
             code: AtomicU8::new(ACTIVE),
             ended: Mutex::new(Ended::Active),
             finished: Default::default(),
+            stream_end: Mutex::new(None),
         })
     }
 
@@ -65,9 +69,40 @@ impl LinkState {
         self.set(LOCAL_CLOSE, Ended::Local(reason, message.into()))
     }
 
+    /// Publisher: says goodbye with `reason`, naming where the stream ended.
+    pub fn close_with_end(
+        &self,
+        reason: GoodbyeReason,
+        message: impl Into<String>,
+        end: StreamEnd,
+    ) -> bool {
+        let mut g = self.stream_end.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_active() {
+            *g = Some(end);
+        }
+        drop(g);
+        self.close_locally(reason, message)
+    }
+
+    /// Where the publisher's stream ended, if it said so.
+    pub fn stream_end(&self) -> Option<StreamEnd> {
+        *self.stream_end.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records that the peer vanished.
     pub fn peer_lost(&self, why: impl Into<String>) -> bool {
         self.set(PEER_LOST, Ended::Lost(why.into()))
+    }
+
+    /// Records the peer's goodbye, and where its stream ended.
+    pub fn peer_said_goodbye(&self, g: Goodbye) {
+        if let Some(end) = g.end {
+            let mut e = self.stream_end.lock().unwrap_or_else(|p| p.into_inner());
+            if self.is_active() {
+                *e = Some(end);
+            }
+        }
+        self.peer_closed(g.reason, g.message);
     }
 
     /// Records the peer's goodbye.
@@ -150,7 +185,12 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
         match state.ended() {
             Ended::Active => {}
             Ended::Local(reason, message) => {
-                let _ = stream.send(&ControlMsg::Goodbye(Goodbye { reason, message }));
+                let end = state.stream_end();
+                let _ = stream.send(&ControlMsg::Goodbye(Goodbye {
+                    reason,
+                    message,
+                    end,
+                }));
                 stream.stream.shutdown();
                 return;
             }
@@ -167,7 +207,7 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
                 loop {
                     match stream.recv_until(deadline) {
                         Ok(Some(ControlMsg::Goodbye(g))) => {
-                            state.peer_closed(g.reason, g.message);
+                            state.peer_said_goodbye(g);
                             break;
                         }
                         Ok(Some(_)) => continue,
@@ -185,7 +225,7 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
             Ok(Some(ControlMsg::Heartbeat(_))) => last_rx = Instant::now(),
             Ok(Some(ControlMsg::Goodbye(g))) => {
                 tracing::debug!(link = ?name, reason = ?g.reason, message = ?g.message, "peer said goodbye");
-                state.peer_closed(g.reason, g.message);
+                state.peer_said_goodbye(g);
             }
             Ok(Some(other)) => {
                 let why = format!(
@@ -197,6 +237,7 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
                     let _ = stream.send(&ControlMsg::Goodbye(Goodbye {
                         reason: GoodbyeReason::Error,
                         message: why,
+                        end: None,
                     }));
                 }
             }

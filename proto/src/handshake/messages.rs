@@ -229,6 +229,19 @@ pub enum GoodbyeReason {
     Error,
 }
 
+/// Where a publisher's stream to one subscriber ended, so the subscriber can drain exactly
+/// up to it before it reports the end.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StreamEnd {
+    /// The sequence after the last message written into this subscriber's ring (every
+    /// earlier one is in the ring or on its way).
+    pub first_unsent: u64,
+    /// Messages skipped for this subscriber after that one (policy `Drop`): sequences
+    /// `first_unsent .. first_unsent + dropped_after` are lost, and announced.
+    pub dropped_after: u64,
+}
+
 /// Orderly close.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
@@ -237,6 +250,8 @@ pub struct Goodbye {
     pub reason: GoodbyeReason,
     /// Details.
     pub message: String,
+    /// From a publisher: where the stream ended.
+    pub end: Option<StreamEnd>,
 }
 
 /// Every control message.
@@ -469,6 +484,10 @@ mod tests {
             ControlMsg::Goodbye(Goodbye {
                 reason: GoodbyeReason::SlowConsumer,
                 message: "slow".into(),
+                end: Some(StreamEnd {
+                    first_unsent: 5,
+                    dropped_after: 2,
+                }),
             }),
         ];
         for m in &msgs {

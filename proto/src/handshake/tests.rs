@@ -144,6 +144,7 @@ fn a_forged_unsealed_goodbye_after_the_handshake_is_refused() {
     let forged = ControlMsg::Goodbye(Goodbye {
         reason: GoodbyeReason::Shutdown,
         message: "forged".into(),
+        end: None,
     })
     .encode();
     cs.handle_input(&forged).unwrap();

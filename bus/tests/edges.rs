@@ -1,0 +1,165 @@
+//! The edges of a link's life: a Block subscriber that never consumes, a handshake that
+//! finishes after its publisher is gone.
+
+mod common;
+
+use common::psk;
+use common::raw::RawSub;
+use rdmabus::proto::handshake::*;
+use rdmabus::proto::market::Quote;
+use rdmabus::{Event, LinkEnd, Policy};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_block_subscriber_that_never_consumes_costs_the_others_one_stall_budget() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let budget = Duration::from_millis(300);
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(Policy::Block)
+        .block_timeout(Some(budget))
+        .build()
+        .unwrap();
+    // Heartbeats (its session thread runs) but never polls: its 8 slots fill and stay full.
+    let stuck = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .slots(8)
+        .name("stuck")
+        .connect()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let addr = node.local_addr();
+    let good = std::thread::spawn(move || {
+        let mut s = common::subscriber::<Quote>(addr, "quotes", psk())
+            .name("good")
+            .connect()
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut n = 0u64;
+        while n < 200 {
+            match s.recv_timeout(Duration::from_secs(10)).unwrap() {
+                Some(Event::Message(m)) => {
+                    assert!(Quote::synthetic_matches(&m, n), "message {n}");
+                    n += 1;
+                }
+                Some(Event::Gap { .. }) => panic!("the good subscriber lost messages"),
+                None => panic!("the good subscriber starved at {n}"),
+            }
+        }
+        n
+    });
+    rx.recv().unwrap();
+    p.wait_for_subscribers(2, Duration::from_secs(10)).unwrap();
+    // Publish on another thread, so that a publisher frozen by the stuck subscriber fails
+    // the test instead of hanging it.
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut longest = Duration::ZERO;
+        for i in 0..200u64 {
+            let t = Instant::now();
+            p.publish(&Quote::synthetic(i)).unwrap();
+            longest = longest.max(t.elapsed());
+        }
+        let _ = done_tx.send((longest, p.stats()));
+    });
+    let (longest, stats) = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the publisher is frozen by a subscriber that never consumes");
+    assert_eq!(good.join().unwrap(), 200);
+    eprintln!("longest send(): {longest:?} (budget {budget:?})");
+    assert!(
+        longest >= budget,
+        "the stall budget was not used: {longest:?}"
+    );
+    assert!(
+        longest < budget + Duration::from_millis(700),
+        "one stall cost {longest:?}"
+    );
+    let s = stats
+        .subscribers
+        .iter()
+        .find(|s| s.name == "stuck")
+        .unwrap();
+    assert!(
+        matches!(&s.end, LinkEnd::Cut(GoodbyeReason::SlowConsumer, why) if why.contains("held the publisher")),
+        "{s:?}"
+    );
+    drop(stuck);
+}
+
+#[test]
+fn a_handshake_that_finishes_after_the_publisher_is_dropped_is_told_at_once() {
+    let node = rdmabus::Node::builder()
+        .bind("127.0.0.1:0")
+        .psk(psk())
+        .start()
+        .unwrap();
+    let p = node.publisher::<Quote>("quotes").build().unwrap();
+    let mut sub = RawSub::connect(
+        node.local_addr(),
+        &psk(),
+        "quotes",
+        std::any::type_name::<Quote>(),
+        TransportKind::Shm,
+    );
+    let accept = sub.accepted();
+    // Build a real shm ring as the subscriber does, up to the Welcome.
+    let geometry = rdmabus::proto::RingGeometry::new(64, accept.slot_size).unwrap();
+    let local = rdmabus::shm::ShmLocalRing::create_sealed(geometry).unwrap();
+    sub.hs.auth(
+        Auth {
+            ring: RingDescriptor {
+                slots: 64,
+                slot_size: accept.slot_size,
+            },
+            endpoint: SubEndpoint::Shm,
+        },
+        Instant::now(),
+    );
+    while let Some(f) = sub.hs.poll_transmit() {
+        sub.fs.send_raw(&f).unwrap();
+    }
+    let offer = accept.shm.unwrap();
+    let credit = rdmabus::shm::fdpass::exchange(
+        &offer.socket,
+        offer.ticket,
+        &local.fds(),
+        Instant::now() + Duration::from_secs(5),
+    )
+    .unwrap();
+    let ClientEvent::Welcomed(_) = sub.next_event() else {
+        panic!("no Welcome")
+    };
+    drop(credit);
+    // The publisher goes away between Welcome and the subscriber's first heartbeat.
+    drop(p);
+    sub.hs.ready(0);
+    let ClientEvent::Established(mut session) = sub.next_event() else {
+        panic!("not established")
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(m) = session.poll_message().unwrap() {
+            match m {
+                ControlMsg::Goodbye(g) => {
+                    assert_eq!(g.reason, GoodbyeReason::Shutdown, "{g:?}");
+                    break;
+                }
+                ControlMsg::Heartbeat(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            continue;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an orphaned link is heartbeated instead of being told the topic is gone"
+        );
+        if let Ok(Some(n)) = sub
+            .fs
+            .read_until(Instant::now() + Duration::from_millis(50), &mut buf)
+        {
+            session.handle_input(&buf[..n]).unwrap();
+        }
+    }
+}
