@@ -1,8 +1,12 @@
 //! The shared-memory transport: the subscriber's ring and completion queue, and the publisher's
-//! credit word, are shared memory mapped into both processes: sealed memfds passed over an
-//! abstract Unix socket ([`fdpass`]), or (the older path) files under the shared-memory
-//! directory (default `/dev/shm`, or `RDMABUS_SHM_DIR`), unlinked once both sides have
-//! mapped them, so nothing is left behind when a process dies.
+//! credit word, are memfds mapped into both processes. Each side creates its own, reserves all
+//! of it (no SIGBUS on first touch) and seals it against shrinking, growing and further seals;
+//! the subscriber passes its two over the publisher's abstract Unix socket ([`fdpass`]),
+//! against the ticket the publisher sent in its sealed `Accept`, and gets the credit word back
+//! in the same exchange. Each side maps the peer's memfds only after checking them
+//! ([`ShmRegion::from_peer_fd`]: a regular tmpfs file, of the exact size, sealed). No file is
+//! created in any directory: nothing to plant, swap or leave behind when a process dies (the
+//! shared-memory directory, [`shm_dir`], holds only the stats files).
 
 mod cq;
 pub mod fdpass;

@@ -1,39 +1,32 @@
-//! Shared memory mapped read-write: a sealed memfd (passed between processes as a file
-//! descriptor), or, for now, a file under the shared-memory directory.
+//! Shared memory mapped read-write: a sealed memfd, passed between processes as a file
+//! descriptor. Nothing is ever created under a path: a memfd has no name in any directory, so
+//! nothing is left behind when a process dies, and nobody can plant or swap one.
 //!
 //! The mapping is a [`MmapRaw`]: every access goes through a pointer with write provenance
 //! (or an atomic); no `&[u8]` to memory a peer can write is ever formed here.
 
 use crate::Error;
 use memmap2::{MmapOptions, MmapRaw};
-use rdmabus_proto::handshake::SHM_PREFIX;
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 /// Environment variable that overrides the shared-memory directory.
 pub const SHM_DIR_ENV: &str = "RDMABUS_SHM_DIR";
 
-/// The directory shared-memory files live in.
+/// The directory the stats files live in (rings, queues and credit words are memfds, in no
+/// directory).
 pub fn shm_dir() -> String {
     std::env::var(SHM_DIR_ENV).unwrap_or_else(|_| "/dev/shm".to_string())
 }
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// The seals every memfd we create carries: its size can never change, nor its seals.
 const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 
-/// A mapped shared-memory region. The mapping stays valid after the file is unlinked.
+/// A mapped memfd, and the descriptor to pass to the peer.
 pub struct ShmRegion {
     map: MmapRaw,
     fd: OwnedFd,
-    /// Empty for memfds.
-    path: PathBuf,
-    linked: bool,
 }
 
 /// Reserves the whole of `len` bytes of `fd` (tmpfs pages are allocated now, so a lack of
@@ -107,12 +100,7 @@ impl ShmRegion {
             ));
         }
         let map = map(fd.as_fd(), len, &format!("the {kind} memfd"))?;
-        Ok(Self {
-            map,
-            fd,
-            path: PathBuf::new(),
-            linked: false,
-        })
+        Ok(Self { map, fd })
     }
 
     /// Maps a memfd a peer passed us: it must be a regular file of exactly `len` bytes, sealed
@@ -175,114 +163,12 @@ impl ShmRegion {
             return Err(Error::Protocol(format!("{what} memfd is empty")));
         }
         let map = map(fd.as_fd(), len, &format!("the peer's {what} memfd"))?;
-        Ok(Self {
-            map,
-            fd,
-            path: PathBuf::new(),
-            linked: false,
-        })
+        Ok(Self { map, fd })
     }
 
     /// The descriptor behind the mapping, to pass to the peer.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-
-    /// Creates a new zeroed file `rdmabus-<pid>-<n>-<kind>` of `len` bytes (mode 0600, all of
-    /// it reserved up front) and maps it. Superseded by [`ShmRegion::memfd`].
-    pub fn create(kind: &str, len: usize) -> Result<Self, Error> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!(
-            "{}/{SHM_PREFIX}{}-{n}-{kind}",
-            shm_dir(),
-            std::process::id()
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        let fd = OwnedFd::from(file);
-        let sized = reserve(fd.as_fd(), len, &path.display().to_string())
-            .and_then(|()| map(fd.as_fd(), len, &path.display().to_string()));
-        let map = match sized {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-        };
-        Ok(Self {
-            map,
-            fd,
-            path,
-            linked: true,
-        })
-    }
-
-    /// Maps an existing file that must be a regular file of ours, exactly `len` bytes long
-    /// (symlinks are not followed). Superseded by [`ShmRegion::from_peer_fd`].
-    pub fn open(path: &Path, len: usize) -> Result<Self, Error> {
-        let file: File = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
-        if !meta.file_type().is_file() {
-            return Err(Error::Protocol(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        if meta.uid() != euid {
-            return Err(Error::Protocol(format!(
-                "{} belongs to uid {}, not to us (uid {euid})",
-                path.display(),
-                meta.uid()
-            )));
-        }
-        if meta.len() != len as u64 {
-            return Err(Error::Protocol(format!(
-                "{} is {} bytes, expected {len}",
-                path.display(),
-                meta.len()
-            )));
-        }
-        let fd = OwnedFd::from(file);
-        let map = map(fd.as_fd(), len, &path.display().to_string())?;
-        Ok(Self {
-            map,
-            fd,
-            path: path.to_path_buf(),
-            linked: false,
-        })
-    }
-
-    /// The file's path (empty for a memfd).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The path as a string (paths we create are always UTF-8; empty for a memfd).
-    pub fn path_str(&self) -> String {
-        self.path.to_string_lossy().into_owned()
-    }
-
-    /// Removes the file name; the mapping lives on (nothing to do for a memfd).
-    pub fn unlink(&mut self) {
-        if self.linked {
-            let _ = std::fs::remove_file(&self.path);
-            self.linked = false;
-        }
     }
 
     /// Start of the mapping, for reads.
@@ -317,15 +203,8 @@ impl ShmRegion {
         );
         // SAFETY: in bounds and 8-aligned (the mapping is page-aligned); AtomicU64 has the
         // layout of u64, the pointer has write provenance (MmapRaw), the mapping lives as
-        // long as `self` (a sealed memfd cannot shrink; a legacy path-based file truncated by
-        // its owner faults, it never aliases other memory), and every access to this word,
-        // from either process, is atomic.
+        // long as `self` (a sealed memfd cannot shrink under it), and every access to this
+        // word, from either process, is atomic.
         unsafe { &*(self.as_mut_ptr().add(offset) as *const AtomicU64) }
-    }
-}
-
-impl Drop for ShmRegion {
-    fn drop(&mut self) {
-        self.unlink();
     }
 }

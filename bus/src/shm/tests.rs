@@ -260,22 +260,51 @@ fn a_full_exchange_maps_both_ways() {
 }
 
 #[test]
-fn from_fds_creates_its_own_credit() {
+fn the_ring_and_queue_are_checked_against_the_geometry_and_the_credit_is_shared() {
     let geometry = RingGeometry::new(4, 64).unwrap();
+    let credit = || ShmRegion::memfd("credit", CREDIT_FILE_LEN).unwrap();
     let local = ShmLocalRing::create_sealed(geometry).unwrap();
     let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
-    let remote = ShmRemoteRing::from_fds(r, c, geometry).unwrap();
-    let credit = remote.credit_fd().try_clone_to_owned().unwrap();
+    let remote = ShmRemoteRing::from_fds_with_credit(r, c, credit(), geometry).unwrap();
     let mut local = local;
-    local.attach_credit_fd(credit, 8, 42).unwrap();
+    local
+        .attach_credit_fd(remote.credit_fd().try_clone_to_owned().unwrap(), 0, 42)
+        .unwrap();
+    assert_eq!(remote.consumed(), 42);
+    local.return_credit(43).unwrap();
+    assert_eq!(remote.consumed(), 43);
+    // A credit offset outside the credit word's memfd, or unaligned, is refused.
+    for offset in [4, 64, u64::MAX - 3] {
+        let fd = remote.credit_fd().try_clone_to_owned().unwrap();
+        let m = local
+            .attach_credit_fd(fd, offset, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("credit offset"), "{offset}: {m}");
+    }
+    // Another geometry than the memfds were made for: the ring, then the queue.
     let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
-    // The ring and queue are checked against the geometry.
     let other = RingGeometry::new(8, 64).unwrap();
-    let m = ShmRemoteRing::from_fds(r, c, other)
+    let m = ShmRemoteRing::from_fds_with_credit(r, c, credit(), other)
         .err()
         .unwrap()
         .to_string();
-    assert!(m.contains("ring memfd is"), "{m}");
+    assert!(m.contains("ring memfd is 256 bytes, expected 512"), "{m}");
+    let [_, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
+    let ring = ShmRegion::memfd("ring", other.ring_bytes()).unwrap();
+    let r = ring.fd().try_clone_to_owned().unwrap();
+    let m = ShmRemoteRing::from_fds_with_credit(r, c, credit(), other)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(m.contains("completion queue memfd is"), "{m}");
+    // The credit word must be the size the subscriber expects.
+    let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
+    let small = ShmRegion::memfd("credit", 8).unwrap();
+    assert!(matches!(
+        ShmRemoteRing::from_fds_with_credit(r, c, small, geometry),
+        Err(Error::Config(_))
+    ));
 }
 
 #[test]
