@@ -69,17 +69,15 @@ pub(crate) fn serve(node: Arc<NodeShared>, stream: TcpStream, permit: HandshakeP
                         let _ = fs.send_raw(&frame);
                     }
                     fs.shutdown();
+                    // A refusal's reason already starts with its code ("Unavailable: ...").
                     let what = match refusal.code {
-                        Some(code) => format!("refused subscriber ({code:?})"),
-                        None => "handshake failed".to_string(),
+                        Some(_) => "refused subscriber",
+                        None => "handshake failed",
                     };
                     node.log_refusal(peer, &format!("{what}: {}", refusal.reason.escape_debug()));
                     node.event(NodeEvent::Rejected {
                         peer,
-                        reason: match refusal.code {
-                            Some(code) => format!("{code:?}: {}", refusal.reason),
-                            None => refusal.reason,
-                        },
+                        reason: refusal.reason,
                     });
                     return;
                 }
