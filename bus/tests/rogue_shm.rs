@@ -11,7 +11,7 @@ use common::raw::RawSub;
 use rdmabus::proto::handshake::*;
 use rdmabus::proto::market::Quote;
 use rdmabus::proto::RingGeometry;
-use rdmabus::shm::{fdpass, CompletionQueue, ShmRegion};
+use rdmabus::shm::{fdpass, CompletionQueue, ShmRegion, CREDIT_FILE_LEN};
 use rdmabus::{Error, Event, Node, NodeEvent, Publisher, Subscriber, Transport};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -406,6 +406,256 @@ fn a_wrong_ticket_gets_nothing_and_the_handshake_times_out() {
         "{reason}"
     );
     assert!(told.contains("receiving the ring's memory"), "{told}");
+}
+
+/// `ftruncate` to `len`: must fail with EPERM.
+#[track_caller]
+fn assert_cannot_truncate(fd: BorrowedFd<'_>, len: usize, what: &str) {
+    // SAFETY: plain syscall on a descriptor we hold.
+    let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+    let e = std::io::Error::last_os_error();
+    assert_eq!(
+        (r, e.raw_os_error()),
+        (-1, Some(libc::EPERM)),
+        "ftruncate of the {what} to {len} bytes: {e}"
+    );
+}
+
+/// `fallocate(PUNCH_HOLE)` over all of `len`, rounded up to whole pages (so even the page of
+/// a 64-byte memfd is freed, not only zeroed): what it returned.
+fn punch(fd: BorrowedFd<'_>, len: usize) -> Result<(), std::io::Error> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let len = len.div_ceil(4096) * 4096;
+    // SAFETY: plain syscall on a descriptor we hold.
+    match unsafe { libc::fallocate(fd.as_raw_fd(), mode, 0, len as libc::off_t) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Bytes of `fd` backed by memory.
+fn allocated(fd: BorrowedFd<'_>) -> u64 {
+    // SAFETY: an all-zero stat is valid; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable.
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+    st.st_blocks as u64 * 512
+}
+
+/// `madvise(MADV_REMOVE)` over a mapping of `len` bytes at `p`: what it returned.
+fn madv_remove(p: *mut u8, len: usize) -> Result<(), std::io::Error> {
+    // SAFETY: `p` is the start of a live shared mapping of `len` bytes.
+    match unsafe { libc::madvise(p.cast(), len, libc::MADV_REMOVE) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// A rogue's credit word: the publisher's memfd mapped as is (a good subscriber's
+/// `from_peer_fd` would seal it; a rogue does not).
+struct RawCredit(memmap2::MmapRaw);
+
+impl RawCredit {
+    fn map(fd: &OwnedFd) -> Self {
+        Self(
+            memmap2::MmapOptions::new()
+                .len(CREDIT_FILE_LEN)
+                .map_raw(fd.as_raw_fd())
+                .unwrap(),
+        )
+    }
+
+    fn store(&self, offset: u64, v: u64) {
+        assert!(offset % 8 == 0 && offset as usize + 8 <= CREDIT_FILE_LEN);
+        // SAFETY: in bounds and aligned (checked; the mapping is page-aligned), write
+        // provenance (MmapRaw), and the publisher only reads this word atomically.
+        let w = unsafe { &*(self.0.as_mut_ptr().add(offset as usize) as *const AtomicU64) };
+        w.store(v, Ordering::Release);
+    }
+}
+
+/// Sends a heartbeat every 20 ms for `ms` (and reads whatever comes).
+fn heartbeat(rogue: &mut Rogue, session: &mut Session, ms: u64) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < until {
+        let hb = session.seal(&ControlMsg::Heartbeat(Heartbeat { sent_ns: 0 }));
+        rogue.sub.fs.send_raw(&hb).unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok(Some(n)) = rogue
+            .sub
+            .fs
+            .read_until(Instant::now() + Duration::from_millis(20), &mut buf)
+        {
+            session.handle_input(&buf[..n]).unwrap();
+            while let Ok(Some(_)) = session.poll_message() {}
+        }
+    }
+}
+
+/// Completes the handshake after handing over `fds`: the credit word's descriptor, its
+/// offset and the session.
+fn join(rogue: &mut Rogue, fds: &[BorrowedFd<'_>]) -> (OwnedFd, u64, Session) {
+    let mut credit = rogue.hand_over(fds).unwrap();
+    assert_eq!(credit.len(), 1);
+    let credit = credit.pop().unwrap();
+    let w = match rogue.sub.next_event() {
+        ClientEvent::Welcomed(w) => w,
+        ClientEvent::Failed(e) => panic!("refused: {e}"),
+        _ => panic!("no Welcome"),
+    };
+    let PubEndpoint::Shm(ShmCredit { offset }) = w.endpoint else {
+        panic!("not an shm Welcome")
+    };
+    rogue.sub.hs.ready(0);
+    let ClientEvent::Established(session) = rogue.sub.next_event() else {
+        panic!("not established")
+    };
+    (credit, offset, session)
+}
+
+#[test]
+fn a_joined_rogue_can_neither_truncate_nor_punch_its_memory() {
+    let node = node();
+    let p = publisher(&node);
+    let addr = node.local_addr();
+    let (mut p, _good, attempts) = under_traffic(&node, p, || {
+        let mut rogue = Rogue::authed(addr);
+        // Exactly what a good subscriber makes.
+        let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
+        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
+        let (credit, offset, mut session) = join(&mut rogue, &[ring.fd(), cq.fd()]);
+        let credit_map = RawCredit::map(&credit);
+        let fds = [
+            ("ring", ring.fd().try_clone_to_owned().unwrap(), ring.len()),
+            (
+                "completion queue",
+                cq.fd().try_clone_to_owned().unwrap(),
+                cq.len(),
+            ),
+            ("credit word", credit, CREDIT_FILE_LEN),
+        ];
+        let ring_at = (ring.as_mut_ptr() as usize, ring.len());
+        // Joined: it returns credit (what it sees completed) and heartbeats, so only its
+        // attack could end the link.
+        let stop = Arc::new(AtomicBool::new(false));
+        let returner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut consumed = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    consumed = cq.atomic_u64(0).load(Ordering::Acquire).max(consumed);
+                    credit_map.store(offset, consumed);
+                    std::thread::yield_now();
+                }
+                (ring, cq, consumed)
+            })
+        };
+        heartbeat(&mut rogue, &mut session, 200);
+        let mut attempts = Vec::new();
+        for (what, fd, len) in &fds {
+            // Shrinking (the publisher's writes would fault: SIGBUS) and growing: refused.
+            for to in [0, len / 2, len + 4096] {
+                assert_cannot_truncate(fd.as_fd(), to, what);
+            }
+            let before = allocated(fd.as_fd());
+            let r = punch(fd.as_fd(), *len);
+            eprintln!(
+                "punching the {what}: {r:?}; {before} bytes allocated before, {} after",
+                allocated(fd.as_fd())
+            );
+            attempts.push((format!("fallocate(PUNCH_HOLE) on the {what}"), r));
+        }
+        // The same through its own mapping of the ring.
+        let r = madv_remove(ring_at.0 as *mut u8, ring_at.1);
+        attempts.push(("madvise(MADV_REMOVE) on the ring".to_string(), r));
+        // Traffic goes on into its memory.
+        heartbeat(&mut rogue, &mut session, 300);
+        stop.store(true, Ordering::Relaxed);
+        let (_ring, _cq, consumed) = returner.join().unwrap();
+        eprintln!("the rogue consumed {consumed} messages");
+        assert!(consumed > 0, "the rogue received nothing");
+        attempts
+    });
+    // The publisher is alive (a SIGBUS would have killed this process) and goes on.
+    p.publish(&Quote::synthetic(0)).unwrap();
+    let allowed: Vec<String> = attempts
+        .iter()
+        .filter(|(_, r)| r.as_ref().err().and_then(|e| e.raw_os_error()) != Some(libc::EPERM))
+        .map(|(what, r)| format!("{what}: {r:?}"))
+        .collect();
+    assert!(
+        allowed.is_empty(),
+        "allowed, or failed otherwise than with EPERM: {allowed:#?}"
+    );
+}
+
+#[test]
+fn memory_punched_out_before_it_is_sealed_is_refused() {
+    // Its ring, before handing it over.
+    let (reason, _) = refused_under_traffic(|addr| {
+        let rogue = Rogue::authed(addr);
+        let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
+        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
+        punch(ring.fd(), 4096).unwrap();
+        rogue.hand_over(&[ring.fd(), cq.fd()]).unwrap();
+        rogue.bad_endpoint()
+    });
+    assert!(
+        reason.contains("ring memfd has a hole at byte 0"),
+        "{reason}"
+    );
+    // Its seals sealed, so the publisher cannot forbid punching.
+    let (reason, _) = refused_under_traffic(|addr| {
+        let rogue = Rogue::authed(addr);
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        let ring = memfd(rogue.ring_bytes(), Some(seals));
+        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
+        rogue.hand_over(&[ring.as_fd(), cq.fd()]).unwrap();
+        rogue.bad_endpoint()
+    });
+    assert!(
+        reason.contains("ring memfd cannot be sealed against hole punching"),
+        "{reason}"
+    );
+    // The publisher's credit word, between the hand-over and its first heartbeat: cut at once.
+    let (reason, told) = refused_under_traffic(|addr| {
+        let mut rogue = Rogue::authed(addr);
+        let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
+        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
+        let mut credit = rogue.hand_over(&[ring.fd(), cq.fd()]).unwrap();
+        punch(credit[0].as_fd(), CREDIT_FILE_LEN).unwrap();
+        let _credit = credit.pop();
+        let ClientEvent::Welcomed(_) = rogue.sub.next_event() else {
+            panic!("no Welcome")
+        };
+        rogue.sub.hs.ready(0);
+        let ClientEvent::Established(mut session) = rogue.sub.next_event() else {
+            panic!("not established")
+        };
+        goodbye(&mut rogue, &mut session)
+    });
+    assert!(
+        reason.contains("credit word memfd has a hole at byte 0"),
+        "{reason}"
+    );
+    assert!(told.contains("credit word memfd has a hole"), "{told}");
+}
+
+/// Reads until the publisher's `Goodbye`; returns its message.
+fn goodbye(rogue: &mut Rogue, session: &mut Session) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(m) = session.poll_message().unwrap() {
+            if let ControlMsg::Goodbye(g) = m {
+                return g.message;
+            }
+        }
+        match rogue.sub.fs.read_until(deadline, &mut buf) {
+            Ok(Some(n)) => session.handle_input(&buf[..n]).unwrap(),
+            r => panic!("no Goodbye: {r:?}"),
+        }
+    }
 }
 
 /// A tmpfs of 64 KiB mounted on a fresh directory and filled up; unmounted and removed when

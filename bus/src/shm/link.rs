@@ -22,7 +22,7 @@ pub struct ShmRemoteRing {
 impl ShmRemoteRing {
     /// Maps the subscriber's ring and queue memfds (each checked by
     /// [`ShmRegion::from_peer_fd`]: regular, on tmpfs, exact size, sealed against shrinking and
-    /// growing), with this link's credit word made beforehand by
+    /// growing, then against hole punching, and without holes), with this link's credit word made beforehand by
     /// `ShmRegion::memfd("credit", CREDIT_FILE_LEN)`: the fd exchange sends that reply (the
     /// credit descriptor) as the subscriber's descriptors arrive.
     pub fn from_fds_with_credit(
@@ -67,7 +67,8 @@ impl RemoteRing for ShmRemoteRing {
         let len = payload.len().min(self.geometry.payload_capacity());
         let header = header.to_bytes();
         // SAFETY: index < slots (from RingGeometry::index), so offset + slot_size lies inside
-        // the ring mapping, whose length was checked (a sealed memfd cannot shrink under it);
+        // the ring mapping, whose length was checked (a sealed memfd cannot shrink under it,
+        // and no hole can be punched into it: every page stays there);
         // the payload is clamped to the slot; the pointer has write provenance (MmapRaw).
         // Credit guarantees the subscriber has released this slot, so it is not reading it;
         // if it misbehaves, it only garbles its own copy.
