@@ -107,10 +107,13 @@ fn under_traffic<R>(
             }
             started.store(true, Ordering::Release);
             let mut during = 0;
-            while !done.load(Ordering::Acquire) {
+            loop {
                 publish(&mut p);
                 during += 1;
                 std::thread::sleep(Duration::from_micros(100));
+                if done.load(Ordering::Acquire) {
+                    break;
+                }
             }
             for _ in 0..AFTER {
                 publish(&mut p);
@@ -492,9 +495,10 @@ fn heartbeat(rogue: &mut Rogue, session: &mut Session, ms: u64) {
     }
 }
 
-/// Completes the handshake after handing over `fds`: the credit word's descriptor, its
-/// offset and the session.
-fn join(rogue: &mut Rogue, fds: &[BorrowedFd<'_>]) -> (OwnedFd, u64, Session) {
+/// Completes the handshake after handing over `fds`, mapping the credit word before its first
+/// heartbeat (as a good subscriber does: the publisher seals it against new writable mappings
+/// then): the credit word's descriptor and mapping, its offset and the session.
+fn join(rogue: &mut Rogue, fds: &[BorrowedFd<'_>]) -> (OwnedFd, RawCredit, u64, Session) {
     let mut credit = rogue.hand_over(fds).unwrap();
     assert_eq!(credit.len(), 1);
     let credit = credit.pop().unwrap();
@@ -506,11 +510,12 @@ fn join(rogue: &mut Rogue, fds: &[BorrowedFd<'_>]) -> (OwnedFd, u64, Session) {
     let PubEndpoint::Shm(ShmCredit { offset }) = w.endpoint else {
         panic!("not an shm Welcome")
     };
+    let map = RawCredit::map(&credit);
     rogue.sub.hs.ready(0);
     let ClientEvent::Established(session) = rogue.sub.next_event() else {
         panic!("not established")
     };
-    (credit, offset, session)
+    (credit, map, offset, session)
 }
 
 #[test]
@@ -523,8 +528,7 @@ fn a_joined_rogue_can_neither_truncate_nor_punch_its_memory() {
         // Exactly what a good subscriber makes.
         let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
         let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
-        let (credit, offset, mut session) = join(&mut rogue, &[ring.fd(), cq.fd()]);
-        let credit_map = RawCredit::map(&credit);
+        let (credit, credit_map, offset, mut session) = join(&mut rogue, &[ring.fd(), cq.fd()]);
         let fds = [
             ("ring", ring.fd().try_clone_to_owned().unwrap(), ring.len()),
             (
@@ -890,11 +894,17 @@ fn a_subscriber_beyond_max_subscribers_is_refused_until_one_leaves() {
     p.wait_for_subscribers(2, Duration::from_secs(10)).unwrap();
     assert_unavailable(good_subscriber(addr, "d"), "its limit is 2");
     deliver(&mut p, &mut [&mut b, &mut c], 500, 500);
-    let refused = node
-        .events()
-        .into_iter()
-        .filter(|e| matches!(e, NodeEvent::Rejected { reason, .. } if reason.starts_with("Unavailable: ")))
-        .count();
+    // (The node records a refusal just after sending it.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = 0;
+    while refused < 3 && Instant::now() < deadline {
+        refused += node
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, NodeEvent::Rejected { reason, .. } if reason.starts_with("Unavailable: ")))
+            .count();
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(refused, 3);
 }
 
