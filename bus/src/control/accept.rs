@@ -6,12 +6,13 @@ use super::framed::FramedStream;
 use super::limits::{HandshakePermit, Reservation};
 use super::node::{NewLink, NodeEvent, NodeShared, TopicShared};
 use super::session::{self, Channel, LinkState};
-use crate::shm::{Registration, ShmRegion, ShmRemoteRing, CREDIT_FILE_LEN};
+use crate::shm::{seal_mapped, Registration, ShmRegion, ShmRemoteRing, CREDIT_FILE_LEN};
 use crate::transport::RemoteRing;
 use crate::verbs::{self, VerbsRemoteRing};
 use rdmabus_proto::handshake::*;
 use rdmabus_proto::RingGeometry;
 use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ struct Progress {
     /// The ticket registered on the fd-exchange socket (unregistered when dropped).
     shm_registration: Option<Registration>,
     shm_credit: Option<ShmRegion>,
+    /// The credit word's descriptor, to seal once the subscriber has mapped it.
+    shm_credit_fd: Option<OwnedFd>,
     link: Option<(u32, Box<dyn RemoteRing>, RingGeometry)>,
 }
 
@@ -69,17 +72,15 @@ pub(crate) fn serve(node: Arc<NodeShared>, stream: TcpStream, permit: HandshakeP
                         let _ = fs.send_raw(&frame);
                     }
                     fs.shutdown();
+                    // A refusal's reason already starts with its code ("Unavailable: ...").
                     let what = match refusal.code {
-                        Some(code) => format!("refused subscriber ({code:?})"),
-                        None => "handshake failed".to_string(),
+                        Some(_) => "refused subscriber",
+                        None => "handshake failed",
                     };
                     node.log_refusal(peer, &format!("{what}: {}", refusal.reason.escape_debug()));
                     node.event(NodeEvent::Rejected {
                         peer,
-                        reason: match refusal.code {
-                            Some(code) => format!("{code:?}: {}", refusal.reason),
-                            None => refusal.reason,
-                        },
+                        reason: refusal.reason,
                     });
                     return;
                 }
@@ -231,8 +232,13 @@ fn shm_ring(
     let cq = fds.pop().expect("two");
     let ring = fds.pop().expect("two");
     let credit = p.shm_credit.take().ok_or_else(|| bad("no credit".into()))?;
+    let credit_fd = credit
+        .fd()
+        .try_clone_to_owned()
+        .map_err(|e| bad(format!("duplicating the credit descriptor: {e}")))?;
     let ring = ShmRemoteRing::from_fds_with_credit(ring, cq, credit, geometry)
         .map_err(|e| bad(e.to_string()))?;
+    p.shm_credit_fd = Some(credit_fd);
     Ok((Box::new(ring), PubEndpoint::Shm(ShmCredit { offset: 0 })))
 }
 
@@ -263,13 +269,32 @@ fn verbs_ring(
 
 /// The subscriber is attached: hand the link to the publisher, then keep its heartbeats on
 /// this thread.
-fn established(node: &NodeShared, fs: FramedStream, session: Session, p: Progress) {
+fn established(node: &NodeShared, mut fs: FramedStream, mut session: Session, p: Progress) {
     let peer = fs.peer();
     let (Some(topic), Some(hello), Some(reservation), Some((id, mut ring, geometry))) =
         (p.topic, p.hello, p.reservation, p.link)
     else {
         return;
     };
+    // The subscriber has mapped the credit word (it does before its first heartbeat): from
+    // now on it cannot punch it out, and it must not have already.
+    if let Some(fd) = &p.shm_credit_fd {
+        if let Err(e) = seal_mapped(fd.as_fd(), CREDIT_FILE_LEN, "credit word") {
+            let why = e.to_string();
+            let bye = session.seal(&ControlMsg::Goodbye(Goodbye {
+                reason: GoodbyeReason::Error,
+                message: why.clone(),
+            }));
+            let _ = fs.send_raw(&bye);
+            fs.shutdown();
+            node.log_refusal(peer, &format!("refused subscriber: {}", why.escape_debug()));
+            node.event(NodeEvent::Rejected {
+                peer,
+                reason: format!("{:?}: {why}", RejectCode::BadEndpoint),
+            });
+            return;
+        }
+    }
     ring.established();
     let name = if hello.client_name.is_empty() {
         format!("sub-{id}")

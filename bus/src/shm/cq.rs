@@ -1,5 +1,5 @@
 //! The completion queue in shared memory: a single-producer single-consumer ring of 32-bit
-//! immediates. Layout: producer tail (own cache line), consumer head (own cache line), then
+//! immediates, in a sealed memfd the subscriber creates and passes to the publisher. Layout: producer tail (own cache line), consumer head (own cache line), then
 //! `capacity` entries of `u32`.
 
 use super::ShmRegion;
@@ -34,16 +34,6 @@ impl CompletionQueue {
         ENTRIES + 4 * capacity as usize
     }
 
-    /// Creates a queue of `capacity` (power of two) entries: the subscriber's side.
-    pub fn create(capacity: u32) -> Result<Self, Error> {
-        let region = ShmRegion::create("cq", Self::bytes_for(capacity))?;
-        Ok(Self {
-            region,
-            capacity: capacity as u64,
-            local: 0,
-        })
-    }
-
     /// Creates a queue of `capacity` (power of two) entries in a sealed memfd: the
     /// subscriber's side.
     pub fn create_sealed(capacity: u32) -> Result<Self, Error> {
@@ -69,23 +59,7 @@ impl CompletionQueue {
         })
     }
 
-    /// Maps the queue the subscriber created: the publisher's side.
-    pub fn open(path: &std::path::Path, capacity: u32) -> Result<Self, Error> {
-        let region = ShmRegion::open(path, Self::bytes_for(capacity))?;
-        let local = region.atomic_u64(TAIL).load(Ordering::Acquire);
-        Ok(Self {
-            region,
-            capacity: capacity as u64,
-            local,
-        })
-    }
-
-    /// The backing file.
-    pub fn region_mut(&mut self) -> &mut ShmRegion {
-        &mut self.region
-    }
-
-    /// The backing file.
+    /// The backing memfd.
     pub fn region(&self) -> &ShmRegion {
         &self.region
     }

@@ -6,10 +6,9 @@ use crate::Error;
 use rdmabus_proto::slot::HEADER_LEN;
 use rdmabus_proto::{RingGeometry, SlotHeader};
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
-/// Bytes of the publisher's credit file: one cache line holding the consumed position.
+/// Bytes of the publisher's credit memfd: one cache line holding the consumed position.
 pub const CREDIT_FILE_LEN: usize = 64;
 
 /// Writes into a subscriber's mapped ring and completion queue; reads its credit word.
@@ -21,30 +20,11 @@ pub struct ShmRemoteRing {
 }
 
 impl ShmRemoteRing {
-    /// Maps the subscriber's ring and queue, and creates this link's credit file.
-    pub fn open(ring_path: &Path, cq_path: &Path, geometry: RingGeometry) -> Result<Self, Error> {
-        let ring = ShmRegion::open(ring_path, geometry.ring_bytes())?;
-        let cq = CompletionQueue::open(cq_path, geometry.slots())?;
-        let credit = ShmRegion::create("credit", CREDIT_FILE_LEN)?;
-        Ok(Self {
-            ring,
-            cq,
-            credit,
-            geometry,
-        })
-    }
-
     /// Maps the subscriber's ring and queue memfds (each checked by
-    /// [`ShmRegion::from_peer_fd`]: regular, exact size, sealed against shrinking and growing)
-    /// and creates this link's credit word as a sealed memfd.
-    pub fn from_fds(ring: OwnedFd, cq: OwnedFd, geometry: RingGeometry) -> Result<Self, Error> {
-        let credit = ShmRegion::memfd("credit", CREDIT_FILE_LEN)?;
-        Self::from_fds_with_credit(ring, cq, credit, geometry)
-    }
-
-    /// Like [`Self::from_fds`], with a credit word made beforehand by
-    /// `ShmRegion::memfd("credit", CREDIT_FILE_LEN)`: what [`super::FdExchange::expect`] needs,
-    /// since it sends its reply (the credit descriptor) as the subscriber's fds arrive.
+    /// [`ShmRegion::from_peer_fd`]: regular, on tmpfs, exact size, sealed against shrinking and
+    /// growing, then against hole punching, and without holes), with this link's credit word made beforehand by
+    /// `ShmRegion::memfd("credit", CREDIT_FILE_LEN)`: the fd exchange sends that reply (the
+    /// credit descriptor) as the subscriber's descriptors arrive.
     pub fn from_fds_with_credit(
         ring: OwnedFd,
         cq: OwnedFd,
@@ -71,16 +51,6 @@ impl ShmRemoteRing {
     pub fn credit_fd(&self) -> BorrowedFd<'_> {
         self.credit.fd()
     }
-
-    /// Path of the credit file to announce in `Welcome`.
-    pub fn credit_path(&self) -> String {
-        self.credit.path_str()
-    }
-
-    /// Removes the credit file's name once the subscriber mapped it.
-    pub fn unlink_credit(&mut self) {
-        self.credit.unlink();
-    }
 }
 
 impl RemoteRing for ShmRemoteRing {
@@ -97,11 +67,11 @@ impl RemoteRing for ShmRemoteRing {
         let len = payload.len().min(self.geometry.payload_capacity());
         let header = header.to_bytes();
         // SAFETY: index < slots (from RingGeometry::index), so offset + slot_size lies inside
-        // the ring mapping, whose length was checked (a sealed memfd cannot shrink; a legacy
-        // path-based file truncated by its owner faults, it never aliases other memory); the
-        // payload is clamped to the slot; the pointer has write
-        // provenance (MmapRaw). Credit guarantees the subscriber has released this slot, so
-        // it is not reading it; if it misbehaves, it only garbles its own copy.
+        // the ring mapping, whose length was checked (a sealed memfd cannot shrink under it,
+        // and no hole can be punched into it: every page stays there);
+        // the payload is clamped to the slot; the pointer has write provenance (MmapRaw).
+        // Credit guarantees the subscriber has released this slot, so it is not reading it;
+        // if it misbehaves, it only garbles its own copy.
         unsafe {
             let dst = self.ring.as_mut_ptr().add(offset);
             std::ptr::copy_nonoverlapping(header.as_ptr(), dst, HEADER_LEN);
@@ -114,9 +84,5 @@ impl RemoteRing for ShmRemoteRing {
     #[inline]
     fn consumed(&self) -> u64 {
         self.credit.atomic_u64(0).load(Ordering::Acquire)
-    }
-
-    fn established(&mut self) {
-        self.unlink_credit();
     }
 }

@@ -5,7 +5,6 @@ use crate::transport::LocalRing;
 use crate::Error;
 use rdmabus_proto::RingGeometry;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 /// The subscriber's ring and completion queue, and (after `Welcome`) the publisher's credit word.
@@ -18,19 +17,6 @@ pub struct ShmLocalRing {
 }
 
 impl ShmLocalRing {
-    /// Creates the ring and completion queue files.
-    pub fn create(geometry: RingGeometry) -> Result<Self, Error> {
-        let ring = ShmRegion::create("ring", geometry.ring_bytes())?;
-        let cq = CompletionQueue::create(geometry.slots())?;
-        Ok(Self {
-            ring,
-            cq,
-            credit: None,
-            credit_offset: 0,
-            geometry,
-        })
-    }
-
     /// Creates the ring and completion queue as sealed memfds, to pass with [`Self::fds`].
     pub fn create_sealed(geometry: RingGeometry) -> Result<Self, Error> {
         let ring = ShmRegion::memfd("ring", geometry.ring_bytes())?;
@@ -56,26 +42,12 @@ impl ShmLocalRing {
         self.set_credit(credit, offset, start)
     }
 
-    /// Paths of the ring and queue files, for `Auth`.
-    pub fn paths(&self) -> (String, String) {
-        (self.ring.path_str(), self.cq.region().path_str())
-    }
-
-    /// Maps the publisher's credit file, and unlinks our files (both sides have them now).
-    pub fn attach_credit(&mut self, path: &Path, offset: u64, start: u64) -> Result<(), Error> {
-        let credit = ShmRegion::open(path, super::link::CREDIT_FILE_LEN)?;
-        self.set_credit(credit, offset, start)?;
-        self.ring.unlink();
-        self.cq.region_mut().unlink();
-        Ok(())
-    }
-
     fn set_credit(&mut self, credit: ShmRegion, offset: u64, start: u64) -> Result<(), Error> {
         let offset = usize::try_from(offset)
             .map_err(|_| Error::Protocol("credit offset out of range".into()))?;
         if offset % 8 != 0 || offset.checked_add(8).is_none_or(|end| end > credit.len()) {
             return Err(Error::Protocol(format!(
-                "credit offset {offset} outside the credit file"
+                "credit offset {offset} outside the credit word's memfd"
             )));
         }
         credit.atomic_u64(offset).store(start, Ordering::Release);

@@ -5,10 +5,11 @@ use super::{ShmLocalRing, ShmRegion, ShmRemoteRing, CREDIT_FILE_LEN};
 use crate::transport::{LocalRing, RemoteRing};
 use crate::Error;
 use rdmabus_proto::{RingGeometry, SlotHeader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// A memfd of `len` bytes with `seals` added (`None`: created without MFD_ALLOW_SEALING).
+/// A memfd of `len` bytes, every page written, with `seals` added (`None`: created without
+/// MFD_ALLOW_SEALING).
 fn raw_memfd(len: usize, seals: Option<libc::c_int>) -> OwnedFd {
     let flags = libc::MFD_CLOEXEC
         | if seals.is_some() {
@@ -21,9 +22,10 @@ fn raw_memfd(len: usize, seals: Option<libc::c_int>) -> OwnedFd {
     assert!(fd >= 0, "{}", std::io::Error::last_os_error());
     // SAFETY: memfd_create just returned it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: plain syscall on our descriptor.
-    let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
-    assert_eq!(r, 0);
+    let zeros = vec![0u8; len];
+    // SAFETY: pwrite from a buffer of `len` bytes into our descriptor.
+    let n = unsafe { libc::pwrite(fd.as_raw_fd(), zeros.as_ptr().cast(), len, 0) };
+    assert_eq!(n, len as isize);
     if let Some(s) = seals.filter(|&s| s != 0) {
         // SAFETY: plain syscall on our descriptor.
         let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, s) };
@@ -183,9 +185,14 @@ fn a_sealed_ring_cannot_be_resized_and_its_mapping_survives() {
     // SAFETY: plain syscall on our descriptor.
     let r = unsafe { libc::fallocate(peer.as_raw_fd(), 0, 0, 2 * len as libc::off_t) };
     assert_eq!(r, -1, "fallocate past the end must fail");
-    // SAFETY: F_ADD_SEALS: the seals are sealed too.
+    // SAFETY: F_ADD_SEALS: no F_SEAL_WRITE while a writable mapping exists (ours).
     let r = unsafe { libc::fcntl(peer.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
-    assert_eq!(r, -1, "seals must be sealed");
+    let e = std::io::Error::last_os_error();
+    assert_eq!(
+        (r, e.raw_os_error()),
+        (-1, Some(libc::EBUSY)),
+        "F_SEAL_WRITE"
+    );
     // Every page, the last byte included, is still there (no SIGBUS).
     let p = region.as_mut_ptr();
     for off in [0, 4096, len - 1] {
@@ -195,11 +202,111 @@ fn a_sealed_ring_cannot_be_resized_and_its_mapping_survives() {
             assert_eq!(p.add(off).read_volatile(), 0xa5);
         }
     }
+    // Before the peer has sealed it, holes can be punched (and would be allocated anew, to
+    // whoever touches them).
+    let other = ShmRegion::memfd("ring", len).unwrap();
+    assert!(punch(other.fd(), 4096, 4096).is_ok());
     // The peer maps it too and sees the bytes.
     let theirs = ShmRegion::from_peer_fd(peer, len, "ring").unwrap();
     // SAFETY: in bounds of the peer's mapping of the same memfd.
     let last = unsafe { theirs.as_ptr().add(len - 1).read_volatile() };
     assert_eq!(last, 0xa5);
+    // Mapped and sealed: no hole can be punched, through the descriptor or a mapping; no new
+    // writable mapping or write(2); the two mappings that exist stay writable.
+    for fd in [region.fd(), theirs.fd()] {
+        let e = punch(fd, 0, len).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    }
+    // SAFETY: madvise on our live mapping of `len` bytes.
+    let r = unsafe { libc::madvise(region.as_mut_ptr().cast(), len, libc::MADV_REMOVE) };
+    let e = std::io::Error::last_os_error();
+    assert_eq!(
+        (r, e.raw_os_error()),
+        (-1, Some(libc::EPERM)),
+        "MADV_REMOVE"
+    );
+    let e = memmap2::MmapOptions::new()
+        .len(len)
+        .map_raw(region.fd().as_raw_fd())
+        .unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EPERM),
+        "a new writable mapping: {e}"
+    );
+    // SAFETY: pwrite of one byte from a live buffer.
+    let r = unsafe { libc::pwrite(region.fd().as_raw_fd(), [1u8].as_ptr().cast(), 1, 0) };
+    assert_eq!(r, -1, "write(2)");
+    // SAFETY: in bounds of both mappings; nobody else touches them.
+    unsafe {
+        region.as_mut_ptr().write_volatile(1);
+        theirs.as_mut_ptr().add(1).write_volatile(2);
+        assert_eq!(theirs.as_ptr().read_volatile(), 1);
+        assert_eq!(region.as_ptr().add(1).read_volatile(), 2);
+    }
+}
+
+/// `fallocate(PUNCH_HOLE)` of `len` bytes at `offset`.
+fn punch(fd: std::os::fd::BorrowedFd<'_>, offset: usize, len: usize) -> std::io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain syscall on a descriptor we hold.
+    match unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as _, len as _) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[test]
+fn a_memfd_with_a_hole_is_refused() {
+    let len = 4 * 4096;
+    // Punched out after it was written.
+    let fd = raw_memfd(len, Some(libc::F_SEAL_SHRINK | libc::F_SEAL_GROW));
+    punch(fd.as_fd(), 2 * 4096, 4096).unwrap();
+    let m = refused(fd, len);
+    assert!(
+        m.contains("ring memfd has a hole at byte 8192 of 16384"),
+        "{m}"
+    );
+    // Only reserved, never written (its pages read as holes: the peer cannot tell them from
+    // punched ones); only sized.
+    for reserve in [true, false] {
+        // SAFETY: a valid NUL-terminated name.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"rdmabus-test".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        // SAFETY: memfd_create just returned it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: plain syscalls on our descriptor.
+        unsafe {
+            let r = if reserve {
+                libc::fallocate(fd.as_raw_fd(), 0, 0, len as libc::off_t)
+            } else {
+                libc::ftruncate(fd.as_raw_fd(), len as libc::off_t)
+            };
+            assert_eq!(r, 0);
+            let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+            assert_eq!(libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals), 0);
+        }
+        let m = refused(fd, len);
+        assert!(m.contains("ring memfd has a hole at byte 0"), "{m}");
+    }
+}
+
+#[test]
+fn a_memfd_whose_seals_are_sealed_is_refused() {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    let m = refused(raw_memfd(4096, Some(seals)), 4096);
+    assert!(
+        m.contains("ring memfd cannot be sealed against hole punching"),
+        "{m}"
+    );
+    // Already sealed against punching by its creator: it cannot be mapped writable.
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE;
+    let m = refused(raw_memfd(4096, Some(seals)), 4096);
+    assert!(m.contains("mapping the peer's ring memfd"), "{m}");
 }
 
 #[test]
@@ -217,6 +324,10 @@ fn a_full_exchange_maps_both_ways() {
     assert_eq!(ex.name().rsplit('/').next().unwrap().len(), 16);
     let t = ticket();
     let name = ex.name().to_string();
+    // Registered before the subscriber can come, as the publisher does at Accept.
+    let credit = ShmRegion::memfd("credit", CREDIT_FILE_LEN).unwrap();
+    let reply = vec![credit.fd().try_clone_to_owned().unwrap()];
+    let registration = ex.register(t, reply);
     let sub = std::thread::spawn(move || {
         let mut local = ShmLocalRing::create_sealed(geometry).unwrap();
         let mut credit = fdpass::exchange(&name, t, &local.fds(), soon(5000)).unwrap();
@@ -238,9 +349,7 @@ fn a_full_exchange_maps_both_ways() {
         // Credit goes back through the publisher's memfd.
         local.return_credit(1).unwrap();
     });
-    let credit = ShmRegion::memfd("credit", CREDIT_FILE_LEN).unwrap();
-    let reply = vec![credit.fd().try_clone_to_owned().unwrap()];
-    let mut fds = ex.expect(t, reply, soon(5000)).unwrap();
+    let mut fds = registration.wait(soon(5000)).unwrap();
     assert_eq!(fds.len(), 2);
     let cq = fds.pop().unwrap();
     let ring = fds.pop().unwrap();
@@ -260,22 +369,55 @@ fn a_full_exchange_maps_both_ways() {
 }
 
 #[test]
-fn from_fds_creates_its_own_credit() {
+fn the_ring_and_queue_are_checked_against_the_geometry_and_the_credit_is_shared() {
     let geometry = RingGeometry::new(4, 64).unwrap();
+    let credit = || ShmRegion::memfd("credit", CREDIT_FILE_LEN).unwrap();
     let local = ShmLocalRing::create_sealed(geometry).unwrap();
     let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
-    let remote = ShmRemoteRing::from_fds(r, c, geometry).unwrap();
-    let credit = remote.credit_fd().try_clone_to_owned().unwrap();
+    let remote = ShmRemoteRing::from_fds_with_credit(r, c, credit(), geometry).unwrap();
     let mut local = local;
-    local.attach_credit_fd(credit, 8, 42).unwrap();
+    local
+        .attach_credit_fd(remote.credit_fd().try_clone_to_owned().unwrap(), 0, 42)
+        .unwrap();
+    assert_eq!(remote.consumed(), 42);
+    local.return_credit(43).unwrap();
+    assert_eq!(remote.consumed(), 43);
+    let again = remote.credit_fd().try_clone_to_owned().unwrap();
+    let m = local.attach_credit_fd(again, 0, 0).unwrap_err().to_string();
+    assert!(m.contains("mapping the peer's credit word memfd"), "{m}");
+    // A credit offset outside the credit word's memfd, or unaligned, is refused.
+    for offset in [4, 64, u64::MAX - 3] {
+        // (A fresh one: once mapped on both sides, a memfd can be mapped writable no more.)
+        let fd = credit().fd().try_clone_to_owned().unwrap();
+        let m = local
+            .attach_credit_fd(fd, offset, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("credit offset"), "{offset}: {m}");
+    }
+    // Another geometry than the memfds were made for: the ring, then the queue.
     let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
-    // The ring and queue are checked against the geometry.
     let other = RingGeometry::new(8, 64).unwrap();
-    let m = ShmRemoteRing::from_fds(r, c, other)
+    let m = ShmRemoteRing::from_fds_with_credit(r, c, credit(), other)
         .err()
         .unwrap()
         .to_string();
-    assert!(m.contains("ring memfd is"), "{m}");
+    assert!(m.contains("ring memfd is 256 bytes, expected 512"), "{m}");
+    let [_, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
+    let ring = ShmRegion::memfd("ring", other.ring_bytes()).unwrap();
+    let r = ring.fd().try_clone_to_owned().unwrap();
+    let m = ShmRemoteRing::from_fds_with_credit(r, c, credit(), other)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(m.contains("completion queue memfd is"), "{m}");
+    // The credit word must be the size the subscriber expects.
+    let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
+    let small = ShmRegion::memfd("credit", 8).unwrap();
+    assert!(matches!(
+        ShmRemoteRing::from_fds_with_credit(r, c, small, geometry),
+        Err(Error::Config(_))
+    ));
 }
 
 #[test]

@@ -11,10 +11,8 @@ pub const MAX_TOPIC_LEN: usize = 64;
 pub const MAX_SCHEMA_LEN: usize = 256;
 /// Longest free-text field (names, reasons).
 pub const MAX_TEXT_LEN: usize = 512;
-/// Longest shared-memory path or socket name.
+/// Longest socket name (the publisher's fd-exchange socket, in `ShmOffer`).
 pub const MAX_PATH_LEN: usize = 255;
-/// File-name prefix every shared-memory file of the bus carries.
-pub const SHM_PREFIX: &str = "rdmabus-";
 
 /// The transports a subscriber can ask for.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
