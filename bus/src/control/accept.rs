@@ -284,6 +284,7 @@ fn established(node: &NodeShared, mut fs: FramedStream, mut session: Session, p:
             let bye = session.seal(&ControlMsg::Goodbye(Goodbye {
                 reason: GoodbyeReason::Error,
                 message: why.clone(),
+                end: None,
             }));
             let _ = fs.send_raw(&bye);
             fs.shutdown();
