@@ -125,6 +125,7 @@ pub struct CreditReturner {
     threshold: u64,
     consumed: u64,
     returned: u64,
+    last_idle_return_ns: u64,
 }
 
 impl CreditReturner {
@@ -139,6 +140,7 @@ impl CreditReturner {
             threshold: threshold.max(1),
             consumed: start,
             returned: start,
+            last_idle_return_ns: 0,
         }
     }
 
@@ -161,6 +163,21 @@ impl CreditReturner {
         } else {
             None
         }
+    }
+
+    /// Called when there was nothing to read at time `now_ns`: returns any credit not yet
+    /// written back, at most once per `min_interval_ns` (so that an idle subscriber's
+    /// publisher sees the truth within that interval, and a ping-pong does not pay a credit
+    /// write per message).
+    pub fn idle_at(&mut self, now_ns: u64, min_interval_ns: u64) -> Option<u64> {
+        if self.consumed == self.returned
+            || now_ns.wrapping_sub(self.last_idle_return_ns) < min_interval_ns
+        {
+            return None;
+        }
+        self.last_idle_return_ns = now_ns;
+        self.returned = self.consumed;
+        Some(self.consumed)
     }
 
     /// Called when there was nothing to read: returns any credit not yet written back.
@@ -281,6 +298,64 @@ mod tests {
                     }
                     Op::Read => if unread > 0 {
                         unread -= 1;
+                        if let Some(pos) = subscriber.release() { credit_word = pos; }
+                    },
+                }
+            }
+        }
+
+        /// With rate-limited idle returns (and threshold returns while reading), Drop and
+        /// Disconnect decide on the truth: a subscriber that has been idle (polling, nothing to
+        /// read) for one interval has returned everything, so a burst after a pause can use
+        /// the whole ring; and at any time fewer than `threshold` released slots are unseen,
+        /// so the publisher finds the ring full only when more than `slots - threshold` are
+        /// really unread. The subscriber polls whenever time moves and it has nothing to read.
+        #[test]
+        fn idle_returns_keep_the_publisher_on_the_truth(
+            shift in 1u32..7,
+            interval in 1u64..1000,
+            start in any::<u64>(),
+            ops in proptest::collection::vec((0u8..2, 0u64..2000), 0..400),
+        ) {
+            let slots = 1u32 << shift;
+            let threshold = (slots as u64 / 4).max(1);
+            let mut publisher = CreditTracker::new(slots, start);
+            let mut subscriber = CreditReturner::new(slots, start);
+            let mut credit_word = start;
+            let mut unread: u64 = 0;
+            let mut now = 1_000_000u64;
+            let mut idle_since = Some(now);
+            // Releases since the subscriber was last idle for a whole interval.
+            let mut released_since_long_idle = 0u64;
+            for (op, dt) in ops {
+                now += dt;
+                if unread == 0 {
+                    let since = *idle_since.get_or_insert(now);
+                    if let Some(p) = subscriber.idle_at(now, interval) { credit_word = p; }
+                    if now - since >= interval {
+                        prop_assert_eq!(credit_word, subscriber.consumed(), "idle for an interval, credit still unseen");
+                        released_since_long_idle = 0;
+                    }
+                }
+                let unseen = subscriber.consumed().wrapping_sub(credit_word);
+                prop_assert!(unseen < threshold);
+                match op {
+                    0 => {
+                        publisher.update(credit_word).unwrap();
+                        if publisher.acquire().is_some() {
+                            unread += 1;
+                            idle_since = None;
+                        } else {
+                            prop_assert_eq!(unread + unseen, slots as u64);
+                            prop_assert!(unread > slots as u64 - threshold);
+                            if released_since_long_idle == 0 {
+                                prop_assert_eq!(unread, slots as u64, "a burst after a pause was cut short");
+                            }
+                        }
+                    }
+                    _ => if unread > 0 {
+                        unread -= 1;
+                        released_since_long_idle += 1;
                         if let Some(pos) = subscriber.release() { credit_word = pos; }
                     },
                 }
