@@ -157,17 +157,12 @@ impl LocalRing for VerbsLocalRing {
     }
 
     #[inline]
-    fn slot(&self, index: u32) -> &[u8] {
+    fn slot_ptr(&self, index: u32) -> *const u8 {
         let offset = self.geometry.offset_of_index(index);
-        // SAFETY: offset + slot_size lies inside the registered ring (sized from the geometry);
-        // the publisher writes a slot only before its completion, and not again until credit
-        // releases it, so the bytes are stable while borrowed.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.ring.addr().add(offset),
-                self.geometry.slot_size() as usize,
-            )
-        }
+        // SAFETY: offset + slot_size lies inside the registered ring (sized from the geometry),
+        // so the result stays inside that one mapping. No reference is made: the NIC writes
+        // the slot whenever a peer holding the rkey says so.
+        unsafe { self.ring.addr().add(offset).cast_const() }
     }
 
     #[inline]
