@@ -59,7 +59,8 @@ impl VerbsLocalRing {
             choice.gid_index,
             choice.gid,
         )?;
-        let ring = Mr::alloc(
+        // Zero-based: the publisher is told offsets into the ring, not our addresses.
+        let ring = Mr::alloc_zero_based(
             pd.clone(),
             geometry.ring_bytes(),
             A::IBV_ACCESS_LOCAL_WRITE | A::IBV_ACCESS_REMOTE_WRITE,
@@ -83,10 +84,12 @@ impl VerbsLocalRing {
         })
     }
 
-    /// What to send the publisher in `Auth`: this QP and the ring.
+    /// What to send the publisher in `Auth`: this QP and the ring, whose address is 0 (a
+    /// zero-based registration: the publisher writes slot `i` at offset `i × slot_size`) unless
+    /// the device refused one (then the ring's virtual address; see `Mr::alloc_zero_based`).
     pub fn endpoint(&self) -> VerbsEndpoint {
         self.qp.endpoint(
-            self.ring.addr() as u64,
+            self.ring.remote_addr(),
             self.ring.rkey(),
             self.ring.len() as u64,
         )
