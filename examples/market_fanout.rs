@@ -62,7 +62,7 @@ fn subscriber(addr: &str) -> Result<(), Error> {
     let (mut n, mut spread_sum) = (0u64, 0i64);
     loop {
         match sub.recv() {
-            // `m` derefs to the archived quote, read in place from the ring.
+            // `m` derefs to the archived quote, in the subscriber's validated copy of the slot.
             Ok(Event::Message(m)) => {
                 n += 1;
                 spread_sum += m.ask_px.to_native() - m.bid_px.to_native();

@@ -1,17 +1,19 @@
-//! The hot path over shm, in one thread: serialize a `Quote` in place, send it, poll it, and
-//! read it in place (validated, and unchecked). Later transports compare against this.
+//! The hot path over shm, in one thread: serialize a message in place, send it, poll it, and
+//! read it, in every subscriber access mode, for a `Quote` and for 1 KiB and 4 KiB payloads.
+//! Later transports compare against this.
 //!
-//! Run: `cargo bench -p rdmabus --bench hot_path`
+//! Run: `cargo bench -p rdmabus --bench hot_path` (or `-- hot_path/` for the round trips only)
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use rdmabus::proto::bench::BenchMsg;
 use rdmabus::proto::codec;
 use rdmabus::proto::credit::{CreditReturner, CreditTracker};
 use rdmabus::proto::gap::GapTracker;
 use rdmabus::proto::market::{BookUpdate, Quote};
 use rdmabus::proto::RingGeometry;
-use rdmabus::{Event, Node, Psk, Subscriber};
+use rdmabus::{Access, Event, Message, Node, Psk, Publisher, Subscriber};
 use std::time::Duration;
 
 fn psk() -> Psk {
@@ -19,40 +21,48 @@ fn psk() -> Psk {
         .unwrap()
 }
 
-fn round_trip(c: &mut Criterion) {
+/// The access modes measured, by name (`in_place` is the behaviour before `Access` existed).
+const MODES: [(&str, Access); 3] = [
+    ("copy", Access::Copy),
+    ("in_place", Access::InPlace),
+    ("unchecked", Access::Unchecked),
+];
+
+/// One group `hot_path/<name>`: a round trip per iteration (`send` publishes message `i`,
+/// `read` touches the received archive), one benchmark per access mode.
+fn one_group<T: Message>(
+    c: &mut Criterion,
+    name: &str,
+    max_payload: usize,
+    mut send: impl FnMut(&mut Publisher<T>, u64),
+    read: impl Fn(&T::Archived) -> u64,
+) {
     let node = Node::builder().psk(psk()).start().unwrap();
+    let topic = format!("bench.{name}");
     let mut publisher = node
-        .publisher::<Quote>("q")
-        .max_payload(96)
+        .publisher::<T>(&topic)
+        .max_payload(max_payload)
         .build()
         .unwrap();
-    let mut g = c.benchmark_group("shm_quote");
+    let mut g = c.benchmark_group(format!("hot_path/{name}"));
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
-    for checked in [true, false] {
-        let mut b = Subscriber::<Quote>::builder(node.local_addr(), "q")
+    for (mode, access) in MODES {
+        let mut sub = Subscriber::<T>::builder(node.local_addr(), &topic)
             .psk(psk())
-            .slots(1024);
-        if !checked {
-            b = b.unchecked();
-        }
-        let mut sub = b.connect().unwrap();
+            .slots(1024)
+            .access(access)
+            .connect()
+            .unwrap();
         publisher
             .wait_for_subscribers(1, Duration::from_secs(5))
             .unwrap();
-        let name = if checked { "validated" } else { "unchecked" };
-        g.bench_function(format!("serialize_send_poll_access/{name}"), |b| {
+        g.bench_function(mode, |b| {
             b.iter(|| {
                 i += 1;
-                publisher
-                    .loan()
-                    .unwrap()
-                    .write(&Quote::synthetic(i))
-                    .unwrap()
-                    .send()
-                    .unwrap();
+                send(&mut publisher, i);
                 match sub.recv().unwrap() {
-                    Event::Message(m) => black_box(m.bid_px.to_native()),
+                    Event::Message(m) => black_box(read(m.archived())),
                     Event::Gap { .. } => unreachable!(),
                 }
             })
@@ -64,6 +74,36 @@ fn round_trip(c: &mut Criterion) {
         }
     }
     g.finish();
+}
+
+fn round_trip(c: &mut Criterion) {
+    one_group::<Quote>(
+        c,
+        "quote",
+        96,
+        |p, i| {
+            p.loan()
+                .unwrap()
+                .write(&Quote::synthetic(i))
+                .unwrap()
+                .send()
+                .unwrap();
+        },
+        |q| q.bid_px.to_native() as u64,
+    );
+    for size in [1024usize, 4096] {
+        let mut msg = BenchMsg::of_size(size);
+        one_group::<BenchMsg>(
+            c,
+            &format!("bytes_{size}"),
+            BenchMsg::archived_len(size) + 64,
+            move |p, i| {
+                msg.stamp = i;
+                p.loan().unwrap().write(&msg).unwrap().send().unwrap();
+            },
+            |m| m.stamp.to_native() ^ m.payload[m.payload.len() - 1] as u64,
+        );
+    }
 }
 
 fn pieces(c: &mut Criterion) {

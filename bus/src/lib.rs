@@ -1,8 +1,9 @@
 //! rdmabus: a kernel-bypass message bus for colocated machines.
 //!
 //! Publishers serialize rkyv messages in place into a staging slot and write them into every
-//! subscriber's ring (over shared memory, or RDMA in a later transport); subscribers busy-poll a
-//! completion queue and read each message in place as `&Archived<T>`.
+//! subscriber's ring (over shared memory, or RDMA verbs); subscribers busy-poll a completion
+//! queue and read each message as `&Archived<T>`, by default from a validated copy of its slot
+//! (see [`Access`] for the modes and what each guarantees).
 //!
 //! ```no_run
 //! use rdmabus::{Node, Policy, Psk, Subscriber, Event};
@@ -46,5 +47,5 @@ pub use publisher::{Loan, Publisher, PublisherBuilder, Written};
 pub use rdmabus_proto as proto;
 pub use rdmabus_proto::Message;
 pub use stats::{LinkEnd, PublisherStats, SubscriberInfo, SubscriberStats};
-pub use subscriber::{Event, Received, Subscriber, SubscriberBuilder};
+pub use subscriber::{Access, Event, Received, Subscriber, SubscriberBuilder};
 pub use transport::Transport;

@@ -57,8 +57,11 @@ pub trait LocalRing: Send {
     /// The next completion's immediate, if one arrived. Must not allocate.
     fn poll(&mut self) -> Result<Option<u32>, Error>;
 
-    /// The bytes of slot `index`.
-    fn slot(&self, index: u32) -> &[u8];
+    /// Start of slot `index`: `slot_size` bytes (from the ring's geometry) that stay mapped
+    /// as long as `self`. A raw pointer, never a reference: the publisher (over verbs, anyone
+    /// holding the ring's rkey) can write these bytes at any time, so readers copy out of them
+    /// (volatile or raw-pointer copies) and treat what they read as untrusted.
+    fn slot_ptr(&self, index: u32) -> *const u8;
 
     /// Writes the consumed position back to the publisher's credit word.
     fn return_credit(&mut self, consumed: u64) -> Result<(), Error>;

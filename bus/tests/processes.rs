@@ -68,11 +68,16 @@ fn order_and_content_across_ring_and_sequence_wrap() {
 #[test]
 fn fan_out_to_three_subscriber_processes() {
     let (node, mut p) = quotes(Policy::Block);
+    // One per way of reading the ring (the `--unchecked` shorthand for the third).
+    let access = ["--access copy", "--access in-place", "--unchecked"];
     let subs: Vec<_> = (0..3)
         .map(|i| {
             sub(
                 node.local_addr(),
-                &format!("-t quotes --slots 64 --count 3000 --verify --name s{i}"),
+                &format!(
+                    "-t quotes --slots 64 --count 3000 --verify --name s{i} {}",
+                    access[i]
+                ),
             )
         })
         .collect();

@@ -1,11 +1,12 @@
 //! Proof that the hot path allocates nothing after warm-up: a counting global allocator counts
 //! every allocation made by this thread while the loan → serialize → send → poll → access loop
-//! runs (control threads allocate for heartbeats; they are not the hot path and not counted).
+//! runs, in every subscriber access mode (control threads allocate for heartbeats; they are
+//! not the hot path and not counted).
 
 mod common;
 
 use rdmabus::proto::market::{BookUpdate, Quote};
-use rdmabus::{Event, Policy, Psk, Subscriber};
+use rdmabus::{Access, Event, Policy, Psk, Subscriber};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
@@ -68,6 +69,8 @@ fn counting_allocator_sees_allocations() {
     assert!(n >= 1);
 }
 
+const MODES: [Access; 3] = [Access::Copy, Access::InPlace, Access::Unchecked];
+
 #[test]
 fn hot_path_allocates_nothing() {
     let node = common::node_builder(psk()).start().unwrap();
@@ -81,97 +84,109 @@ fn hot_path_allocates_nothing() {
         .policy(Policy::Drop)
         .build()
         .unwrap();
-    let mut qs = common::subscriber::<Quote>(node.local_addr(), "q", psk())
-        .slots(64)
-        .connect()
-        .unwrap();
-    let mut bs = common::subscriber::<BookUpdate>(node.local_addr(), "b", psk())
-        .slots(64)
-        .connect()
-        .unwrap();
-    let mut fast = common::subscriber::<Quote>(node.local_addr(), "q", psk())
-        .slots(64)
-        .unchecked()
-        .connect()
-        .unwrap();
+    // One subscriber per access mode on each topic (the copy buffer is allocated here).
+    let mut qs: Vec<Subscriber<Quote>> = MODES
+        .iter()
+        .map(|&a| {
+            common::subscriber::<Quote>(node.local_addr(), "q", psk())
+                .slots(64)
+                .access(a)
+                .connect()
+                .unwrap()
+        })
+        .collect();
+    let mut bs: Vec<Subscriber<BookUpdate>> = MODES
+        .iter()
+        .map(|&a| {
+            common::subscriber::<BookUpdate>(node.local_addr(), "b", psk())
+                .slots(64)
+                .access(a)
+                .connect()
+                .unwrap()
+        })
+        .collect();
     quotes
-        .wait_for_subscribers(2, Duration::from_secs(5))
+        .wait_for_subscribers(MODES.len(), Duration::from_secs(5))
         .unwrap();
     books
-        .wait_for_subscribers(1, Duration::from_secs(5))
+        .wait_for_subscribers(MODES.len(), Duration::from_secs(5))
         .unwrap();
 
-    let round = |quotes: &mut rdmabus::Publisher<Quote>,
-                 qs: &mut Subscriber<Quote>,
-                 fast: &mut Subscriber<Quote>,
-                 i: u64|
-     -> i64 {
-        let quote = Quote::synthetic(i);
-        let seq = quotes
-            .loan()
-            .unwrap()
-            .write(&quote)
-            .unwrap()
-            .send()
-            .unwrap();
-        let mut sum = 0;
-        for s in [qs, fast] {
-            match s.recv().unwrap() {
-                Event::Message(m) => {
-                    assert_eq!(m.seq(), seq);
-                    sum += m.bid_px.to_native() + m.ask_px.to_native();
+    let round =
+        |quotes: &mut rdmabus::Publisher<Quote>, qs: &mut [Subscriber<Quote>], i: u64| -> i64 {
+            let quote = Quote::synthetic(i);
+            let seq = quotes
+                .loan()
+                .unwrap()
+                .write(&quote)
+                .unwrap()
+                .send()
+                .unwrap();
+            let mut sum = 0;
+            for s in qs.iter_mut() {
+                match s.recv().unwrap() {
+                    Event::Message(m) => {
+                        assert_eq!(m.seq(), seq);
+                        sum += m.bid_px.to_native() + m.ask_px.to_native();
+                    }
+                    Event::Gap { .. } => panic!("gap"),
                 }
-                Event::Gap { .. } => panic!("gap"),
             }
-        }
-        sum
-    };
+            sum
+        };
     // Warm-up: several laps of the rings, so credit has been returned and every path was taken.
     for i in 0..1_000 {
-        round(&mut quotes, &mut qs, &mut fast, i);
+        round(&mut quotes, &mut qs, i);
     }
     let (_, n) = count(|| {
         let mut acc = 0i64;
         for i in 1_000..21_000 {
-            acc = acc.wrapping_add(round(&mut quotes, &mut qs, &mut fast, i));
+            acc = acc.wrapping_add(round(&mut quotes, &mut qs, i));
         }
         acc
     });
     assert_eq!(
         n, 0,
-        "{n} allocations on the hot path (quotes, validated and unchecked)"
+        "{n} allocations on the hot path (quotes: copy, in place and unchecked)"
     );
 
-    // Variable-length messages, and the Drop path: overfill the ring, then read gaps and messages.
+    // Variable-length messages, and the Drop path: overfill the rings, then read gaps and
+    // messages, in every mode.
     let book = BookUpdate::synthetic(7);
     for _ in 0..200 {
         books.publish(&book).unwrap();
-        let _ = bs.recv().unwrap();
+        for s in bs.iter_mut() {
+            let _ = s.recv().unwrap();
+        }
     }
-    let ((gaps, msgs), n) = count(|| {
-        let (mut gaps, mut msgs) = (0u64, 0u64);
+    let (per_mode, n) = count(|| {
+        let mut per_mode = [(0u64, 0u64); MODES.len()];
         for _ in 0..50 {
             for _ in 0..100 {
                 books.loan().unwrap().write(&book).unwrap().send().unwrap();
             }
-            while let Some(e) = bs.poll().unwrap() {
-                match e {
-                    Event::Message(m) => {
-                        assert_eq!(m.bids.len(), book.bids.len());
-                        msgs += 1;
+            for (s, (gaps, msgs)) in bs.iter_mut().zip(per_mode.iter_mut()) {
+                while let Some(e) = s.poll().unwrap() {
+                    match e {
+                        Event::Message(m) => {
+                            assert_eq!(m.bids.len(), book.bids.len());
+                            *msgs += 1;
+                        }
+                        Event::Gap { .. } => *gaps += 1,
                     }
-                    Event::Gap { .. } => gaps += 1,
                 }
             }
         }
-        (gaps, msgs)
+        per_mode
     });
-    assert!(
-        gaps > 0 && msgs > 0,
-        "the Drop path was not exercised: {gaps} gaps, {msgs} messages"
-    );
+    for (mode, (gaps, msgs)) in MODES.iter().zip(per_mode) {
+        assert!(
+            gaps > 0 && msgs > 0,
+            "{mode}: the Drop path was not exercised: {gaps} gaps, {msgs} messages"
+        );
+    }
     assert_eq!(
         n, 0,
-        "{n} allocations on the hot path (books, with drops and gaps)"
+        "{n} allocations on the hot path (books, with drops and gaps, every mode)"
     );
 }

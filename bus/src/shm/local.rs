@@ -64,19 +64,12 @@ impl LocalRing for ShmLocalRing {
     }
 
     #[inline]
-    fn slot(&self, index: u32) -> &[u8] {
+    fn slot_ptr(&self, index: u32) -> *const u8 {
         let offset = self.geometry.offset(index as u64);
-        // SAFETY: offset + slot_size lies inside the ring mapping (sized from the geometry),
-        // which lives as long as `self` and which we created (sealed memfd, or our own file).
-        // The publisher writes this slot only before posting its completion and not again
-        // until we release it through credit, so the bytes are stable while borrowed (the
-        // `LocalRing` trait hands out `&[u8]`; the publisher is the one peer that can write).
-        unsafe {
-            std::slice::from_raw_parts(
-                self.ring.as_ptr().add(offset),
-                self.geometry.slot_size() as usize,
-            )
-        }
+        // SAFETY: offset + slot_size lies inside the ring mapping (sized from the geometry), so
+        // the result stays inside that one mapping. No reference is made: the publisher's
+        // process can write the slot at any time.
+        unsafe { self.ring.as_ptr().add(offset) }
     }
 
     #[inline]

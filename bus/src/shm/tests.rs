@@ -343,9 +343,12 @@ fn a_full_exchange_maps_both_ways() {
             std::thread::yield_now();
         };
         assert_eq!(imm, 7);
-        let header = SlotHeader::from_bytes(local.slot(0)).unwrap();
+        // SAFETY: slot 0 lies in the ring mapping (64 bytes at least); the publisher wrote it
+        // before the completion and does not write it again; read by copy, not borrowed.
+        let slot: [u8; 64] = unsafe { std::ptr::read_unaligned(local.slot_ptr(0).cast()) };
+        let header = SlotHeader::from_bytes(&slot).unwrap();
         assert_eq!((header.seq, header.len), (0, 5));
-        assert_eq!(&local.slot(0)[32..37], b"hello");
+        assert_eq!(&slot[32..37], b"hello");
         // Credit goes back through the publisher's memfd.
         local.return_credit(1).unwrap();
     });

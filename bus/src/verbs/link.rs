@@ -88,7 +88,8 @@ impl VerbsRemoteRing {
             SQ_DEPTH as usize * HEADER_LEN,
             A::IBV_ACCESS_LOCAL_WRITE,
         )?;
-        let credit = Mr::alloc(
+        // Zero-based: the subscriber is told offset 0, not our address.
+        let credit = Mr::alloc_zero_based(
             pd.clone(),
             64,
             A::IBV_ACCESS_LOCAL_WRITE | A::IBV_ACCESS_REMOTE_WRITE,
@@ -121,10 +122,12 @@ impl VerbsRemoteRing {
         })
     }
 
-    /// What to send the subscriber in `Welcome`: this QP and the credit word.
+    /// What to send the subscriber in `Welcome`: this QP and the credit word, at address 0 (a
+    /// zero-based registration) unless the device refused one (then its virtual address).
+    /// The staging ring is never announced: only this side's work requests name it.
     pub fn endpoint(&self) -> VerbsEndpoint {
         self.qp
-            .endpoint(self.credit.addr() as u64, self.credit.rkey(), 8)
+            .endpoint(self.credit.remote_addr(), self.credit.rkey(), 8)
     }
 
     /// Connects the QP to the subscriber's.
@@ -209,7 +212,10 @@ impl RemoteRing for VerbsRemoteRing {
             lkey: self.staging_mr.lkey(),
         };
         let signaled = self.posted % SIGNAL_EVERY == SIGNAL_EVERY - 1;
-        let remote_addr = self.remote.addr + self.geometry.offset_of_index(index) as u64;
+        let remote_addr = self
+            .remote
+            .addr
+            .wrapping_add(self.geometry.offset_of_index(index) as u64);
         let sges = [header_sge, payload_sge];
         let sges = if payload.is_empty() {
             &sges[..1]

@@ -59,7 +59,8 @@ impl VerbsLocalRing {
             choice.gid_index,
             choice.gid,
         )?;
-        let ring = Mr::alloc(
+        // Zero-based: the publisher is told offsets into the ring, not our addresses.
+        let ring = Mr::alloc_zero_based(
             pd.clone(),
             geometry.ring_bytes(),
             A::IBV_ACCESS_LOCAL_WRITE | A::IBV_ACCESS_REMOTE_WRITE,
@@ -83,10 +84,12 @@ impl VerbsLocalRing {
         })
     }
 
-    /// What to send the publisher in `Auth`: this QP and the ring.
+    /// What to send the publisher in `Auth`: this QP and the ring, whose address is 0 (a
+    /// zero-based registration: the publisher writes slot `i` at offset `i × slot_size`) unless
+    /// the device refused one (then the ring's virtual address; see `Mr::alloc_zero_based`).
     pub fn endpoint(&self) -> VerbsEndpoint {
         self.qp.endpoint(
-            self.ring.addr() as u64,
+            self.ring.remote_addr(),
             self.ring.rkey(),
             self.ring.len() as u64,
         )
@@ -157,17 +160,12 @@ impl LocalRing for VerbsLocalRing {
     }
 
     #[inline]
-    fn slot(&self, index: u32) -> &[u8] {
+    fn slot_ptr(&self, index: u32) -> *const u8 {
         let offset = self.geometry.offset_of_index(index);
-        // SAFETY: offset + slot_size lies inside the registered ring (sized from the geometry);
-        // the publisher writes a slot only before its completion, and not again until credit
-        // releases it, so the bytes are stable while borrowed.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.ring.addr().add(offset),
-                self.geometry.slot_size() as usize,
-            )
-        }
+        // SAFETY: offset + slot_size lies inside the registered ring (sized from the geometry),
+        // so the result stays inside that one mapping. No reference is made: the NIC writes
+        // the slot whenever a peer holding the rkey says so.
+        unsafe { self.ring.addr().add(offset).cast_const() }
     }
 
     #[inline]

@@ -65,3 +65,90 @@ pub fn port_mtu(name: &str) -> Result<u32, Error> {
     let ctx = context::Context::open(name)?;
     Ok(mtu_bytes(ctx.active_mtu))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::link::Staging;
+    use super::*;
+    use crate::transport::{LocalRing, RemoteRing};
+    use rdmabus_proto::slot::{imm_of, HEADER_LEN};
+    use rdmabus_proto::{RingGeometry, SlotHeader};
+    use std::time::{Duration, Instant};
+
+    /// Over verbs only (the Soft-RoCE guest sets `RDMABUS_TEST_TRANSPORT=verbs` and
+    /// `RDMABUS_TEST_ADDR`): the memory peers write into, the subscriber's ring and the
+    /// publisher's credit word, is announced at address 0, and writes at offsets from 0 land
+    /// where they belong (a slot's header and payload, the credit word).
+    #[test]
+    fn rings_and_credit_words_are_announced_zero_based() {
+        if std::env::var("RDMABUS_TEST_TRANSPORT").as_deref() != Ok("verbs") {
+            eprintln!("skipped: RDMABUS_TEST_TRANSPORT is not verbs");
+            return;
+        }
+        let ip = std::env::var("RDMABUS_TEST_ADDR")
+            .expect("RDMABUS_TEST_ADDR")
+            .parse()
+            .unwrap();
+        let choice = choose(None, None, ip).unwrap();
+        let slot_size = 2048u32;
+        let geometry = RingGeometry::new(8, slot_size).unwrap();
+        let mut local = VerbsLocalRing::create(&choice, geometry).unwrap();
+        let ring = local.endpoint();
+        let mut staging = memmap2::MmapMut::map_anon(geometry.ring_bytes()).unwrap();
+        let mut remote = VerbsRemoteRing::new(
+            &choice,
+            Staging {
+                addr: staging.as_ptr() as usize,
+                len: staging.len(),
+                slot_size: slot_size as usize,
+            },
+            geometry,
+            ring,
+        )
+        .unwrap();
+        let credit = remote.endpoint();
+        assert_eq!(
+            (ring.addr, credit.addr),
+            (0, 0),
+            "{}: ring and credit word must be announced zero-based (a device that refuses \
+             zero-based registrations logs the fallback at debug level)",
+            choice.device
+        );
+        remote.connect().unwrap();
+        local.connect(&credit).unwrap();
+
+        // Larger than any inline size, so the payload goes by SGE from staging slot 1.
+        let len = 1000;
+        let at = slot_size as usize + HEADER_LEN;
+        for (i, b) in staging[at..at + len].iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        let header = SlotHeader::new(77, 12345, len as u32, 0);
+        remote
+            .write(5, &header, &staging[at..at + len], imm_of(77))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let imm = loop {
+            if let Some(imm) = local.poll().unwrap() {
+                break imm;
+            }
+            assert!(Instant::now() < deadline, "no completion");
+            std::thread::yield_now();
+        };
+        assert_eq!(imm, imm_of(77));
+        let mut got = vec![0u8; HEADER_LEN + len];
+        // SAFETY: slot 5 holds slot_size >= HEADER_LEN + len bytes of the live ring; nothing
+        // writes it now (the only write has completed), and `got` is our own buffer.
+        unsafe { std::ptr::copy_nonoverlapping(local.slot_ptr(5), got.as_mut_ptr(), got.len()) };
+        assert_eq!(&got[..HEADER_LEN], &header.to_bytes()[..]);
+        assert_eq!(&got[HEADER_LEN..], &staging[at..at + len]);
+
+        local.return_credit(6).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while remote.consumed() != 6 {
+            assert!(Instant::now() < deadline, "the credit word never arrived");
+            std::thread::yield_now();
+        }
+        drop(remote);
+    }
+}

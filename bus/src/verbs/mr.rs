@@ -13,6 +13,7 @@ pub struct Mr {
     map: Option<MmapMut>,
     addr: *mut u8,
     len: usize,
+    iova: u64,
     _pd: Arc<Pd>,
 }
 
@@ -30,6 +31,44 @@ impl Mr {
         let mut this = unsafe { Self::register(pd, addr, len, access)? };
         this.map = Some(map);
         Ok(this)
+    }
+
+    /// Like [`alloc`](Self::alloc), for memory peers write into: registered zero-based
+    /// (`ibv_reg_mr_iova2` with iova 0), so that the address announced to peers,
+    /// [`remote_addr`](Self::remote_addr), is 0 and every address they use an offset into
+    /// the region, not a virtual address of this process. Where the device refuses a
+    /// zero-based registration, falls back to the virtual address (logged at debug level).
+    ///
+    /// Work requests that name this region by its lkey must use offsets too; the bus names
+    /// such regions only as remote targets.
+    pub fn alloc_zero_based(
+        pd: Arc<Pd>,
+        len: usize,
+        access: ibv_access_flags,
+    ) -> Result<Self, Error> {
+        let mut map =
+            MmapMut::map_anon(len.max(1)).map_err(|e| Error::io("verbs: allocating memory", e))?;
+        let addr = map.as_mut_ptr();
+        // SAFETY: pd is alive (Arc); addr..addr+len is our own mapping, which the returned Mr
+        // keeps (`map`) for as long as the registration lives.
+        let mr = unsafe { ibv_reg_mr_iova2(pd.pd, addr.cast(), len, 0, access.0) };
+        if mr.is_null() {
+            tracing::debug!(
+                len,
+                error = %std::io::Error::last_os_error(),
+                "verbs: zero-based registration (ibv_reg_mr_iova2, iova 0) refused; \
+                 announcing the region's virtual address instead"
+            );
+            return Self::alloc(pd, len, access);
+        }
+        Ok(Self {
+            mr,
+            map: Some(map),
+            addr,
+            len,
+            iova: 0,
+            _pd: pd,
+        })
     }
 
     /// Registers memory owned elsewhere.
@@ -54,6 +93,7 @@ impl Mr {
             map: None,
             addr,
             len,
+            iova: addr as u64,
             _pd: pd,
         })
     }
@@ -70,9 +110,15 @@ impl Mr {
         unsafe { (*self.mr).rkey }
     }
 
-    /// Start address.
+    /// Start address, in this process.
     pub fn addr(&self) -> *mut u8 {
         self.addr
+    }
+
+    /// The address of the first byte for RDMA (what peers are told): 0 for a zero-based
+    /// region, otherwise the virtual address.
+    pub fn remote_addr(&self) -> u64 {
+        self.iova
     }
 
     /// Length in bytes.

@@ -81,3 +81,160 @@ impl RawSub {
         }
     }
 }
+
+/// A publisher of one topic driven by hand over shm: it completes the real handshake with
+/// one subscriber (sealed frames, the real fd exchange), then holds the subscriber's ring and
+/// completion queue and writes whatever it likes into them, whenever it likes.
+pub struct RawPub {
+    pub ring: rdmabus::shm::ShmRegion,
+    pub cq: rdmabus::shm::CompletionQueue,
+    pub geometry: rdmabus::proto::RingGeometry,
+    pub credit: rdmabus::shm::ShmRegion,
+    /// Keeps the link's heartbeats going until dropped.
+    _beat: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _exchange: rdmabus::shm::FdExchange,
+}
+
+impl RawPub {
+    /// Listens on 127.0.0.1 and serves one subscriber of `topic`/`schema` with `key`:
+    /// returns the address at once and the rogue once the subscriber is attached.
+    pub fn serve(
+        key: &Psk,
+        topic: &'static str,
+        schema: &'static str,
+        slot_size: u32,
+    ) -> (SocketAddr, std::thread::JoinHandle<RawPub>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let key = *key.bytes();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut fs = FramedStream::new(s).unwrap();
+            let mut hs =
+                ServerHandshake::new(key, [3; 32], Duration::from_secs(10), Instant::now());
+            let exchange = rdmabus::shm::FdExchange::bind().unwrap();
+            let credit =
+                rdmabus::shm::ShmRegion::memfd("credit", rdmabus::shm::CREDIT_FILE_LEN).unwrap();
+            let mut registration = None;
+            let mut mapped = None;
+            let mut chunk = [0u8; 4096];
+            loop {
+                while let Some(f) = hs.poll_transmit() {
+                    fs.send_raw(&f).unwrap();
+                }
+                match hs.poll_event() {
+                    Some(ServerEvent::Authenticated(h)) => {
+                        assert_eq!((h.topic.as_str(), h.schema.as_str()), (topic, schema));
+                        let ticket = [7u8; 32];
+                        registration = Some(
+                            exchange
+                                .register(ticket, vec![credit.fd().try_clone_to_owned().unwrap()]),
+                        );
+                        hs.accept(
+                            Accept {
+                                slot_size,
+                                shm: Some(ShmOffer {
+                                    socket: exchange.name().to_string(),
+                                    ticket,
+                                }),
+                            },
+                            Instant::now(),
+                        );
+                    }
+                    Some(ServerEvent::Ring(a)) => {
+                        let geometry =
+                            rdmabus::proto::RingGeometry::new(a.ring.slots, a.ring.slot_size)
+                                .unwrap();
+                        let mut fds = registration
+                            .take()
+                            .unwrap()
+                            .wait(Instant::now() + Duration::from_secs(10))
+                            .unwrap();
+                        let cq = fds.pop().unwrap();
+                        let ring = fds.pop().unwrap();
+                        let ring = rdmabus::shm::ShmRegion::from_peer_fd(
+                            ring,
+                            geometry.ring_bytes(),
+                            "ring",
+                        )
+                        .unwrap();
+                        let cq =
+                            rdmabus::shm::CompletionQueue::from_fd(cq, geometry.slots()).unwrap();
+                        mapped = Some((ring, cq, geometry));
+                        hs.welcome(
+                            Welcome {
+                                subscriber_id: 1,
+                                heartbeat_ms: 100,
+                                next_seq: 0,
+                                endpoint: PubEndpoint::Shm(ShmCredit { offset: 0 }),
+                            },
+                            Instant::now(),
+                        );
+                    }
+                    Some(ServerEvent::Established(mut session)) => {
+                        let beat = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                        let b = beat.clone();
+                        std::thread::spawn(move || {
+                            while b.load(std::sync::atomic::Ordering::Relaxed) {
+                                let f =
+                                    session.seal(&ControlMsg::Heartbeat(Heartbeat { sent_ns: 0 }));
+                                if fs.send_raw(&f).is_err() {
+                                    break;
+                                }
+                                let mut buf = [0u8; 4096];
+                                let _ = fs.read_until(
+                                    Instant::now() + Duration::from_millis(50),
+                                    &mut buf,
+                                );
+                            }
+                        });
+                        let (ring, cq, geometry) = mapped.take().unwrap();
+                        return RawPub {
+                            ring,
+                            cq,
+                            geometry,
+                            credit,
+                            _beat: beat,
+                            _exchange: exchange,
+                        };
+                    }
+                    Some(ServerEvent::Failed(r)) => {
+                        panic!("rogue publisher: handshake failed: {r:?}")
+                    }
+                    None => {
+                        let deadline = hs
+                            .poll_timeout()
+                            .unwrap_or_else(|| Instant::now() + Duration::from_secs(10));
+                        match fs.read_until(deadline, &mut chunk) {
+                            Ok(Some(n)) => hs.handle_input(&chunk[..n], Instant::now()),
+                            Ok(None) => hs.handle_timeout(Instant::now()),
+                            Err(_) => hs.handle_close(),
+                        }
+                    }
+                }
+            }
+        });
+        (addr, t)
+    }
+
+    /// Writes `payload` as message `seq` into ring position `pos` and posts its completion.
+    pub fn write(&mut self, pos: u64, seq: u64, payload: &[u8]) {
+        let header = rdmabus::proto::SlotHeader::new(seq, 0, payload.len() as u32, 0).to_bytes();
+        let at = self.geometry.offset(pos);
+        // SAFETY: `at + header + payload` lies in the ring's mapping (payload within the slot's
+        // capacity); raw-pointer writes into memory shared with the subscriber.
+        unsafe {
+            let dst = self.ring.as_mut_ptr().add(at);
+            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, header.len());
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(header.len()), payload.len());
+        }
+        self.cq.push(rdmabus::proto::slot::imm_of(seq));
+    }
+}
+
+impl Drop for RawPub {
+    fn drop(&mut self) {
+        self._beat
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -215,7 +215,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         );
     }
     println!(
-        "published {} messages in {:.2} s ({} msg/s); latency is one-way, publish to read in place",
+        "published {} messages in {:.2} s ({} msg/s); latency is one-way, publish to read",
         thousands(n),
         a.seconds,
         thousands((n as f64 / a.seconds) as u64)

@@ -5,7 +5,7 @@ use crate::report::{Latency, SubReport, TopicReport};
 use crate::topics;
 use hdrhistogram::Histogram;
 use rdmabus::proto::market::{BookUpdate, Quote, Trade};
-use rdmabus::{Error, Event, IdleStrategy, Message, Psk, Subscriber, Transport};
+use rdmabus::{Access, Error, Event, IdleStrategy, Message, Psk, Subscriber, Transport};
 use std::time::{Duration, Instant};
 
 /// Arguments of `rdmabus sub`.
@@ -41,8 +41,13 @@ pub struct SubArgs {
     /// How to wait when idle: spin (lowest latency, burns a core), yield, backoff.
     #[arg(long, default_value = "spin")]
     pub idle: IdleStrategy,
-    /// Skip validation of messages (only for trusted publishers).
-    #[arg(long)]
+    /// How messages are read: copy (default: a validated copy, safe against any publisher),
+    /// in-place (validated in the ring: only for publishers trusted not to rewrite a slot
+    /// being read), unchecked (no validation: fully trusted publishers only).
+    #[arg(long, default_value = "copy", value_name = "MODE")]
+    pub access: Access,
+    /// Same as `--access unchecked`.
+    #[arg(long, conflicts_with = "access")]
     pub unchecked: bool,
     /// Print a JSON report on stdout at the end.
     #[arg(long)]
@@ -106,10 +111,12 @@ where
                 args.name.clone()
             })
             .idle(args.idle)
-            .transport(args.transport);
-        if args.unchecked {
-            b = b.unchecked();
-        }
+            .transport(args.transport)
+            .access(if args.unchecked {
+                Access::Unchecked
+            } else {
+                args.access
+            });
         if let Some(ip) = args.bind {
             b = b.bind(ip);
         }

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 /// rdmabus moves typed messages between processes and machines without the kernel on the
 /// data path: publishers write zero-copy rkyv messages straight into each subscriber's ring
-/// (shared memory on one box, RDMA between boxes); subscribers busy-poll and read in place.
+/// (shared memory on one box, RDMA between boxes); subscribers busy-poll and read a validated copy.
 ///
 /// Start with `rdmabus demo`. Keys: publishers and subscribers prove a shared key, made with
 /// `rdmabus keygen FILE` and given with --key-file FILE or in the RDMABUS_PSK environment

@@ -78,6 +78,7 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
                     .bind(bind)
                     .slots(slots)
                     .idle(common.idle)
+                    .access(common.access)
                     .connect()?;
                 let mut h = histogram();
                 for k in 0..total {

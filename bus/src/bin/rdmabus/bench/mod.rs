@@ -6,7 +6,7 @@ mod pingpong;
 mod plot;
 mod result;
 
-use rdmabus::{Error, IdleStrategy, Transport};
+use rdmabus::{Access, Error, IdleStrategy, Transport};
 use std::path::PathBuf;
 
 /// Arguments of `rdmabus bench`.
@@ -56,6 +56,9 @@ pub struct Common {
     /// How pollers wait: spin (default; give each a core), yield, backoff.
     #[arg(long, default_value = "spin")]
     pub idle: IdleStrategy,
+    /// How every subscriber reads messages: copy (default), in-place, unchecked.
+    #[arg(long, default_value = "copy", value_name = "MODE")]
+    pub access: Access,
 }
 
 impl Common {
@@ -101,6 +104,7 @@ impl Common {
             benchmark,
             transport: format!("{:?}", self.transport).to_lowercase(),
             idle: format!("{:?}", self.idle),
+            access: self.access.to_string(),
             host,
             rows,
         };

@@ -63,6 +63,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
                 .bind(ip_b)
                 .slots(64)
                 .idle(echo_common.idle)
+                .access(echo_common.access)
                 .connect()?;
             pong.wait_for_subscribers(1, WAIT)?;
             loop {
@@ -86,6 +87,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
         .bind(ip_a)
         .slots(64)
         .idle(c.idle)
+        .access(c.access)
         .connect()?;
     ping.wait_for_subscribers(1, WAIT)?;
     c.pin(0)?;

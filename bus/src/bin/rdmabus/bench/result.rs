@@ -61,6 +61,7 @@ pub struct Report {
     pub benchmark: &'static str,
     pub transport: String,
     pub idle: String,
+    pub access: String,
     pub host: String,
     pub rows: Vec<Row>,
 }
@@ -69,8 +70,8 @@ impl Report {
     /// Prints the table.
     pub fn print(&self) {
         println!(
-            "{} over {} ({} idle, {})",
-            self.benchmark, self.transport, self.idle, self.host
+            "{} over {} ({} idle, {} access, {})",
+            self.benchmark, self.transport, self.idle, self.access, self.host
         );
         println!(
             "{:>6} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10}",
