@@ -210,6 +210,7 @@ impl Link {
         StreamEnd {
             first_unsent: self.next_unsent,
             dropped_after: self.dropped_pending,
+            sent: self.counters.entry().get(L::SENT),
         }
     }
 

@@ -297,6 +297,10 @@ impl<T: Message> SubscriberBuilder<T> {
                 &format!("{}/{}", self.topic, self.name),
             ),
             sampled: 0,
+            taken: 0,
+            idle_polls: 0,
+            drain_deadline: None,
+            end_reported: (false, false),
             _t: PhantomData,
         })
     }
@@ -393,8 +397,20 @@ pub struct Subscriber<T> {
     idle: IdleStrategy,
     counters: Counters,
     sampled: u32,
+    /// Completions taken from the queue (the publisher's goodbye says how many it sent).
+    taken: u64,
+    /// Consecutive polls that found nothing (idle credit is considered every 64th).
+    idle_polls: u32,
+    /// After the publisher's goodbye: until when to wait for messages still on their way.
+    drain_deadline: Option<std::time::Instant>,
+    /// What of the stream's end has been reported (missing, then trailing drops).
+    end_reported: (bool, bool),
     _t: PhantomData<fn() -> T>,
 }
+
+/// How long a subscriber waits, after the publisher's goodbye, for messages it was told are
+/// on their way.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 impl<T: Message> Subscriber<T> {
     /// Starts building a subscriber of `topic` at the publisher node `addr`.
@@ -498,16 +514,29 @@ impl<T: Message> Subscriber<T> {
         if let Some(h) = self.held.take() {
             return Ok(Some(Step::Message(h)));
         }
-        let Some(imm) = self.local.poll()? else {
-            // No credit is written back on idle: it goes back every quarter ring, and a
-            // publisher can only be out of credit while three quarters of the ring are still
-            // on their way here, so an idle subscriber never leaves it stuck. (Over verbs an
-            // idle return would cost one extra RDMA write per message in a ping-pong.)
-            if !self.state.is_active() {
-                return Err(self.ended_error());
+        let imm = match self.local.poll()? {
+            Some(imm) => imm,
+            None if self.state.is_active() => {
+                // Credit goes back every quarter ring, and, rate-limited, when idle: so that
+                // a publisher under Drop or Disconnect sees a paused subscriber's free ring.
+                self.idle_polls = self.idle_polls.wrapping_add(1);
+                if self.idle_polls & 63 == 0 {
+                    let interval = self.local.idle_credit_interval_ns();
+                    if let Some(pos) = self.credit.idle_at(crate::clock::now_ns(), interval) {
+                        self.local.return_credit(pos)?;
+                    }
+                }
+                return Ok(None);
             }
-            return Ok(None);
+            // The link ended: one more look, since a completion may have landed between the
+            // poll and the check, then drain exactly to where the publisher said it ended.
+            None => match self.local.poll()? {
+                Some(imm) => imm,
+                None => return self.end_step(),
+            },
         };
+        self.idle_polls = 0;
+        self.taken = self.taken.wrapping_add(1);
         let header = read_header(
             self.local
                 .slot_ptr(self.geometry.index(self.credit.consumed())),
@@ -636,6 +665,52 @@ impl<T: Message> Subscriber<T> {
             value,
             bytes,
         }))
+    }
+
+    /// After the link ended and the ring is empty: wait (bounded) for messages the
+    /// publisher's goodbye says are on their way, report those that never came and the
+    /// trailing drops as gaps, then the end.
+    #[cold]
+    fn end_step(&mut self) -> Result<Option<Step>, Error> {
+        if let (Ended::Closed(..), Some(end)) = (self.state.ended(), self.state.stream_end()) {
+            if self.taken < end.sent && !self.end_reported.0 {
+                let now = std::time::Instant::now();
+                let deadline = *self.drain_deadline.get_or_insert(now + DRAIN_WAIT);
+                if now < deadline {
+                    return Ok(None);
+                }
+                self.end_reported.0 = true;
+                let count = end.sent - self.taken;
+                let first = self
+                    .gaps
+                    .expected()
+                    .unwrap_or(end.first_unsent.wrapping_sub(count));
+                return Ok(Some(self.end_gap(first, count, false)));
+            }
+            if end.dropped_after > 0 && !self.end_reported.1 {
+                self.end_reported.1 = true;
+                return Ok(Some(self.end_gap(
+                    end.first_unsent,
+                    end.dropped_after,
+                    true,
+                )));
+            }
+        }
+        Err(self.ended_error())
+    }
+
+    fn end_gap(&mut self, first: u64, count: u64, announced: bool) -> Step {
+        let e = self.counters.entry();
+        e.add(S::GAPS, 1);
+        e.add(S::LOST, count);
+        if announced {
+            e.add(S::ANNOUNCED, count);
+        }
+        Step::Gap {
+            first,
+            count,
+            announced,
+        }
     }
 
     fn corrupt(&mut self, seq: Option<u64>, reason: String) -> Error {

@@ -63,6 +63,12 @@ pub trait LocalRing: Send {
     /// (volatile or raw-pointer copies) and treat what they read as untrusted.
     fn slot_ptr(&self, index: u32) -> *const u8;
 
+    /// The shortest time between two credit returns made because the subscriber is idle
+    /// (a return is a store over shm, one RDMA write over verbs).
+    fn idle_credit_interval_ns(&self) -> u64 {
+        10_000
+    }
+
     /// Writes the consumed position back to the publisher's credit word.
     fn return_credit(&mut self, consumed: u64) -> Result<(), Error>;
 }

@@ -163,3 +163,111 @@ fn a_handshake_that_finishes_after_the_publisher_is_dropped_is_told_at_once() {
         }
     }
 }
+
+#[test]
+fn drops_just_before_the_end_are_announced_and_the_ring_is_drained_first() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(Policy::Drop)
+        .build()
+        .unwrap();
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .slots(8)
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(10)).unwrap();
+    // The subscriber does not read: 8 fit, the last 12 are dropped, then the topic closes.
+    for i in 0..20u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+    }
+    let stats = p.close(Duration::from_secs(5));
+    assert_eq!(stats.subscribers[0].dropped, 12, "{stats:?}");
+    let mut got = Vec::new();
+    let mut gaps = Vec::new();
+    let end = loop {
+        match sub.recv_timeout(Duration::from_secs(5)) {
+            Ok(Some(Event::Message(m))) => got.push(m.seq()),
+            Ok(Some(Event::Gap {
+                first,
+                count,
+                announced,
+            })) => gaps.push((first, count, announced)),
+            Ok(None) => panic!("no end"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(got, (0..8).collect::<Vec<_>>());
+    assert_eq!(
+        gaps,
+        vec![(8, 12, true)],
+        "the trailing drops were not announced"
+    );
+    assert!(
+        matches!(
+            &end,
+            rdmabus::Error::Closed {
+                reason: GoodbyeReason::Shutdown,
+                ..
+            }
+        ),
+        "{end}"
+    );
+    let s = sub.stats();
+    assert_eq!((s.received, s.lost, s.dropped_announced), (8, 12, 12));
+}
+
+/// Reads 255 messages of a 1024-slot ring (less than the quarter ring after which credit goes
+/// back), pauses with an empty ring, then takes an 801-message burst it does not read during.
+fn pause_then_burst(policy: Policy) -> (rdmabus::PublisherStats, Vec<u64>) {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .policy(policy)
+        .build()
+        .unwrap();
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .slots(1024)
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(10)).unwrap();
+    let mut seen = Vec::new();
+    for i in 0..255u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+        match sub.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Some(Event::Message(m)) => seen.push(m.seq()),
+            _ => panic!("message {i}"),
+        }
+    }
+    // The pause: an idle subscriber, polling an empty ring.
+    assert!(sub
+        .recv_timeout(Duration::from_millis(100))
+        .unwrap()
+        .is_none());
+    for i in 255..255 + 801u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+    }
+    let stats = p.stats();
+    while seen.len() < 255 + 801 {
+        match sub.recv_timeout(Duration::from_secs(5)) {
+            Ok(Some(Event::Message(m))) => seen.push(m.seq()),
+            Ok(Some(Event::Gap { first, count, .. })) => panic!("lost {count} from {first}"),
+            other => panic!("after {}: {:?}", seen.len(), other.err()),
+        }
+    }
+    (stats, seen)
+}
+
+#[test]
+fn a_paused_subscriber_with_an_empty_ring_takes_a_whole_burst_under_drop() {
+    let (stats, seen) = pause_then_burst(Policy::Drop);
+    assert_eq!(stats.subscribers[0].dropped, 0, "{stats:?}");
+    assert_eq!(seen, (0..1056).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_paused_subscriber_with_an_empty_ring_is_not_cut_under_disconnect() {
+    let (stats, seen) = pause_then_burst(Policy::Disconnect);
+    assert_eq!(stats.subscribers[0].end, LinkEnd::Active, "{stats:?}");
+    assert_eq!(seen.len(), 1056);
+}

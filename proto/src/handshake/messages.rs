@@ -238,6 +238,9 @@ pub struct StreamEnd {
     /// Messages skipped for this subscriber after that one (policy `Drop`): sequences
     /// `first_unsent .. first_unsent + dropped_after` are lost, and announced.
     pub dropped_after: u64,
+    /// Messages written into this subscriber's ring in all: the subscriber has them all when
+    /// it has taken this many.
+    pub sent: u64,
 }
 
 /// Orderly close.
@@ -485,6 +488,7 @@ mod tests {
                 end: Some(StreamEnd {
                     first_unsent: 5,
                     dropped_after: 2,
+                    sent: 5,
                 }),
             }),
         ];
