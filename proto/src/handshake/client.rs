@@ -2,10 +2,10 @@
 
 use super::messages::*;
 use super::session::Session;
-use super::wire::{FrameDecoder, OpenError, Opener, RawFrame, Sealer};
+use super::shared::Core;
+use super::wire::{OpenError, RawFrame};
 use super::HandshakeError;
-use crate::auth::{subscriber_proof, Nonce, Role, SessionKeys, Transcript, KEY_LEN};
-use crate::frame::{FrameError, PROTOCOL_VERSION};
+use crate::auth::{subscriber_proof, Nonce, Role, KEY_LEN};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -52,17 +52,22 @@ enum State {
     Done,
 }
 
+impl State {
+    /// What the subscriber waits for from the publisher in this state, if anything.
+    fn awaited(&self) -> Option<&'static str> {
+        match self {
+            Self::AwaitChallenge => Some("Challenge"),
+            Self::AwaitAccept => Some("Accept"),
+            Self::AwaitWelcome => Some("Welcome"),
+            Self::Building | Self::Connecting | Self::Done => None,
+        }
+    }
+}
+
 /// The subscriber's side of one handshake.
 pub struct ClientHandshake {
-    key: [u8; KEY_LEN],
-    step: Duration,
-    deadline: Option<Instant>,
+    core: Core,
     state: State,
-    decoder: FrameDecoder,
-    transcript: Transcript,
-    sealer: Option<Sealer>,
-    opener: Option<Opener>,
-    out: VecDeque<Vec<u8>>,
     events: VecDeque<ClientEvent>,
 }
 
@@ -77,18 +82,12 @@ impl ClientHandshake {
             client_name: cfg.name,
         })
         .encode();
-        let mut transcript = Transcript::default();
-        transcript.add(&hello);
+        let mut core = Core::new(cfg.key, cfg.step, now);
+        core.transcript.add(&hello);
+        core.send(hello);
         Self {
-            key: cfg.key,
-            step: cfg.step,
-            deadline: Some(now + cfg.step),
+            core,
             state: State::AwaitChallenge,
-            decoder: FrameDecoder::default(),
-            transcript,
-            sealer: None,
-            opener: None,
-            out: VecDeque::from([hello]),
             events: VecDeque::new(),
         }
     }
@@ -98,7 +97,7 @@ impl ClientHandshake {
         if matches!(self.state, State::Done) {
             return;
         }
-        if let Err(e) = self.decoder.push(bytes) {
+        if let Err(e) = self.core.push_input(bytes) {
             return self.fail(HandshakeError::Frame(e));
         }
         self.process(now);
@@ -115,29 +114,22 @@ impl ClientHandshake {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        self.core.deadline()
     }
 
     /// Lets time pass: a publisher that has not answered by its deadline fails the handshake.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(d) = self.deadline {
-            if now >= d && !matches!(self.state, State::Done) {
-                let what = match self.state {
-                    State::AwaitChallenge => "Challenge",
-                    State::AwaitAccept => "Accept",
-                    _ => "Welcome",
-                };
-                self.fail(HandshakeError::Timeout(format!(
-                    "no {what} from the publisher within {:?}",
-                    self.step
-                )));
-            }
+        if let (true, Some(what)) = (self.core.expired(now), self.state.awaited()) {
+            let step = self.core.step;
+            self.fail(HandshakeError::Timeout(format!(
+                "no {what} from the publisher within {step:?}"
+            )));
         }
     }
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.out.pop_front()
+        self.core.poll_transmit()
     }
 
     /// The next event.
@@ -155,9 +147,9 @@ impl ClientHandshake {
         if !matches!(self.state, State::Building) {
             return;
         }
-        self.send_sealed(&ControlMsg::Auth(auth));
+        self.core.send_sealed(&ControlMsg::Auth(auth));
         self.state = State::AwaitWelcome;
-        self.deadline = Some(now + self.step);
+        self.core.await_peer(now);
         self.process(now);
     }
 
@@ -166,14 +158,10 @@ impl ClientHandshake {
         if !matches!(self.state, State::Connecting) {
             return;
         }
-        self.send_sealed(&ControlMsg::Heartbeat(Heartbeat { sent_ns }));
+        self.core
+            .send_sealed(&ControlMsg::Heartbeat(Heartbeat { sent_ns }));
         self.state = State::Done;
-        self.deadline = None;
-        let session = Session::new(
-            self.sealer.take().expect("sealed"),
-            self.opener.take().expect("sealed"),
-            std::mem::take(&mut self.decoder),
-        );
+        let session = self.core.take_session();
         self.events.push_back(ClientEvent::Established(session));
     }
 
@@ -182,61 +170,35 @@ impl ClientHandshake {
         if matches!(self.state, State::Done) {
             return;
         }
-        let msg = ControlMsg::Reject(Reject::new(code, message));
-        match self.sealer.as_mut() {
-            Some(s) => self.out.push_back(s.seal(&msg)),
-            None => self.out.push_back(msg.encode()),
-        }
+        self.core.send_reject(code, message);
         self.state = State::Done;
-        self.deadline = None;
-    }
-
-    fn send_sealed(&mut self, msg: &ControlMsg) {
-        let s = self
-            .sealer
-            .as_mut()
-            .expect("sealed frames only after the proof");
-        self.out.push_back(s.seal(msg));
+        self.core.stop_clock();
     }
 
     fn fail(&mut self, e: HandshakeError) {
         self.state = State::Done;
-        self.deadline = None;
+        self.core.stop_clock();
         self.events.push_back(ClientEvent::Failed(e));
     }
 
-    fn expects_input(&self) -> bool {
-        matches!(
-            self.state,
-            State::AwaitChallenge | State::AwaitAccept | State::AwaitWelcome
-        )
-    }
-
     fn process(&mut self, now: Instant) {
-        while self.expects_input() {
-            let frame = match self.decoder.next_frame() {
-                Ok(Some(f)) => f,
+        // A publisher's refusal of our version comes in its own version: either way the
+        // versions differ, and `next_frame` says so.
+        while self.state.awaited().is_some() {
+            match self.core.next_frame() {
+                Ok(Some(f)) => self.on_frame(f, now),
                 Ok(None) => return,
                 Err(e) => return self.fail(HandshakeError::Frame(e)),
-            };
-            if frame.header.version != PROTOCOL_VERSION {
-                // The publisher's refusal of our version comes in its own version; either way
-                // the versions differ.
-                return self.fail(HandshakeError::Frame(FrameError::VersionMismatch {
-                    theirs: frame.header.version,
-                    ours: PROTOCOL_VERSION,
-                }));
             }
-            self.on_frame(frame, now);
         }
     }
 
     fn on_frame(&mut self, frame: RawFrame, now: Instant) {
         // A plain Reject is possible until the publisher has the session keys (wrong key,
         // version, malformed Hello), and authenticates nothing.
-        let sealed_phase = self.opener.is_some();
+        let sealed_phase = self.core.sealed();
         let msg = if sealed_phase && frame.header.sealed() {
-            match self.opener.as_mut().expect("sealed phase").open(&frame) {
+            match self.core.opener().expect("sealed phase").open(&frame) {
                 Ok(m) => m,
                 Err(OpenError::Frame(e)) => return self.fail(HandshakeError::Frame(e)),
                 Err(e) => {
@@ -277,23 +239,20 @@ impl ClientHandshake {
         }
         match (&self.state, msg) {
             (State::AwaitChallenge, ControlMsg::Challenge(_)) => {
-                self.transcript.add(&frame.bytes);
+                self.core.transcript.add(&frame.bytes);
                 let proof = ControlMsg::Proof(ProofMsg {
-                    proof: subscriber_proof(&self.key, &self.transcript.hash()),
+                    proof: subscriber_proof(&self.core.key, &self.core.transcript.hash()),
                 })
                 .encode();
-                self.transcript.add(&proof);
-                self.out.push_back(proof);
-                let keys = SessionKeys::derive(&self.key, &self.transcript.hash());
-                let (send, recv) = keys.for_role(Role::Subscriber);
-                self.sealer = Some(Sealer::new(send));
-                self.opener = Some(Opener::new(recv));
+                self.core.transcript.add(&proof);
+                self.core.send(proof);
+                self.core.derive_keys(Role::Subscriber);
                 self.state = State::AwaitAccept;
-                self.deadline = Some(now + self.step);
+                self.core.await_peer(now);
             }
             (State::AwaitAccept, ControlMsg::Accept(a)) => {
                 self.state = State::Building;
-                self.deadline = None;
+                self.core.stop_clock();
                 self.events.push_back(ClientEvent::Accepted(a));
             }
             (State::AwaitWelcome, ControlMsg::Welcome(w)) => {
@@ -305,15 +264,11 @@ impl ClientHandshake {
                     )));
                 }
                 self.state = State::Connecting;
-                self.deadline = None;
+                self.core.stop_clock();
                 self.events.push_back(ClientEvent::Welcomed(w));
             }
-            (_, other) => {
-                let expected = match self.state {
-                    State::AwaitChallenge => "Challenge",
-                    State::AwaitAccept => "Accept",
-                    _ => "Welcome",
-                };
+            (state, other) => {
+                let expected = state.awaited().unwrap_or("nothing");
                 self.abort(RejectCode::BadMessage, format!("expected {expected}"));
                 self.fail(HandshakeError::Protocol(format!(
                     "expected {expected}, got {}",

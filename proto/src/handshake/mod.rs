@@ -27,6 +27,7 @@ mod client;
 mod messages;
 mod server;
 mod session;
+mod shared;
 mod wire;
 
 pub use client::{ClientConfig, ClientEvent, ClientHandshake};

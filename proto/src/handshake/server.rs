@@ -2,8 +2,9 @@
 
 use super::messages::*;
 use super::session::Session;
-use super::wire::{FrameDecoder, OpenError, Opener, RawFrame, Sealer};
-use crate::auth::{verify_subscriber_proof, Nonce, Role, SessionKeys, Transcript, KEY_LEN};
+use super::shared::Core;
+use super::wire::{OpenError, RawFrame};
+use crate::auth::{verify_subscriber_proof, Nonce, Role, KEY_LEN};
 use crate::frame::{FrameError, PROTOCOL_VERSION};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -43,18 +44,24 @@ enum State {
     Done,
 }
 
+impl State {
+    /// What the publisher waits for from the subscriber in this state, if anything.
+    fn awaited(&self) -> Option<&'static str> {
+        match self {
+            Self::AwaitHello => Some("Hello"),
+            Self::AwaitProof => Some("Proof"),
+            Self::AwaitAuth => Some("Auth"),
+            Self::AwaitReady => Some("first Heartbeat"),
+            Self::Deciding | Self::Ringing | Self::Done => None,
+        }
+    }
+}
+
 /// The publisher's side of one handshake.
 pub struct ServerHandshake {
-    key: [u8; KEY_LEN],
+    core: Core,
     nonce: Nonce,
-    step: Duration,
-    deadline: Option<Instant>,
     state: State,
-    decoder: FrameDecoder,
-    transcript: Transcript,
-    sealer: Option<Sealer>,
-    opener: Option<Opener>,
-    out: VecDeque<Vec<u8>>,
     events: VecDeque<ServerEvent>,
     hello: Option<Hello>,
 }
@@ -63,16 +70,9 @@ impl ServerHandshake {
     /// A handshake that waits for `Hello`, each step of the peer's bounded by `step`.
     pub fn new(key: [u8; KEY_LEN], server_nonce: Nonce, step: Duration, now: Instant) -> Self {
         Self {
-            key,
+            core: Core::new(key, step, now),
             nonce: server_nonce,
-            step,
-            deadline: Some(now + step),
             state: State::AwaitHello,
-            decoder: FrameDecoder::default(),
-            transcript: Transcript::default(),
-            sealer: None,
-            opener: None,
-            out: VecDeque::new(),
             events: VecDeque::new(),
             hello: None,
         }
@@ -83,7 +83,7 @@ impl ServerHandshake {
         if matches!(self.state, State::Done) {
             return;
         }
-        if let Err(e) = self.decoder.push(bytes) {
+        if let Err(e) = self.core.push_input(bytes) {
             return self.fail_frame(e);
         }
         self.process(now);
@@ -101,28 +101,20 @@ impl ServerHandshake {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        self.core.deadline()
     }
 
     /// Lets time pass: a peer that has not answered by its deadline fails the handshake.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(d) = self.deadline {
-            if now >= d && !matches!(self.state, State::Done) {
-                let what = match self.state {
-                    State::AwaitHello => "Hello",
-                    State::AwaitProof => "Proof",
-                    State::AwaitAuth => "Auth",
-                    State::AwaitReady => "first Heartbeat",
-                    _ => "answer",
-                };
-                self.finish(None, format!("no {what} within {:?}", self.step));
-            }
+        if let (true, Some(what)) = (self.core.expired(now), self.state.awaited()) {
+            let step = self.core.step;
+            self.finish(None, format!("no {what} within {step:?}"));
         }
     }
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.out.pop_front()
+        self.core.poll_transmit()
     }
 
     /// The next event.
@@ -137,24 +129,22 @@ impl ServerHandshake {
 
     /// Answers [`ServerEvent::Authenticated`]: the topic exists and takes this subscriber.
     pub fn accept(&mut self, accept: Accept, now: Instant) {
-        if !matches!(self.state, State::Deciding) {
-            return;
-        }
-        self.send_sealed(&ControlMsg::Accept(accept));
-        self.state = State::AwaitAuth;
-        self.deadline = Some(now + self.step);
-        self.process(now);
+        self.answer(
+            State::Deciding,
+            ControlMsg::Accept(accept),
+            State::AwaitAuth,
+            now,
+        );
     }
 
     /// Answers [`ServerEvent::Ring`]: the link is set up.
     pub fn welcome(&mut self, welcome: Welcome, now: Instant) {
-        if !matches!(self.state, State::Ringing) {
-            return;
-        }
-        self.send_sealed(&ControlMsg::Welcome(welcome));
-        self.state = State::AwaitReady;
-        self.deadline = Some(now + self.step);
-        self.process(now);
+        self.answer(
+            State::Ringing,
+            ControlMsg::Welcome(welcome),
+            State::AwaitReady,
+            now,
+        );
     }
 
     /// Refuses the subscriber (sealed once it has proven the key).
@@ -163,32 +153,27 @@ impl ServerHandshake {
             return;
         }
         let message = message.into();
-        self.send_reject(code, &message);
+        self.core.send_reject(code, message.as_str());
         self.finish(Some(code), format!("{code:?}: {message}"));
     }
 
-    fn send_sealed(&mut self, msg: &ControlMsg) {
-        let s = self
-            .sealer
-            .as_mut()
-            .expect("sealed frames only after the proof");
-        self.out.push_back(s.seal(msg));
-    }
-
-    fn send_reject(&mut self, code: RejectCode, message: &str) {
-        let msg = ControlMsg::Reject(Reject::new(code, message));
-        match self.sealer.as_mut() {
-            Some(s) => self.out.push_back(s.seal(&msg)),
-            None => self.out.push_back(msg.encode()),
+    /// The driver's answer in state `from`: send `msg` sealed, then wait for the peer.
+    fn answer(&mut self, from: State, msg: ControlMsg, to: State, now: Instant) {
+        if std::mem::discriminant(&self.state) != std::mem::discriminant(&from) {
+            return;
         }
+        self.core.send_sealed(&msg);
+        self.state = to;
+        self.core.await_peer(now);
+        self.process(now);
     }
 
     fn finish(&mut self, code: Option<RejectCode>, reason: impl Into<String>) {
         self.state = State::Done;
-        self.deadline = None;
+        self.core.stop_clock();
         self.events.push_back(ServerEvent::Failed(Refusal {
             code,
-            authenticated: self.sealer.is_some(),
+            authenticated: self.core.sealed(),
             reason: reason.into(),
         }));
     }
@@ -206,32 +191,18 @@ impl ServerHandshake {
         }
     }
 
-    fn expects_input(&self) -> bool {
-        matches!(
-            self.state,
-            State::AwaitHello | State::AwaitProof | State::AwaitAuth | State::AwaitReady
-        )
-    }
-
     fn process(&mut self, now: Instant) {
-        while self.expects_input() {
-            let frame = match self.decoder.next_frame() {
-                Ok(Some(f)) => f,
+        while self.state.awaited().is_some() {
+            match self.core.next_frame() {
+                Ok(Some(f)) => self.on_frame(f, now),
                 Ok(None) => return,
                 Err(e) => return self.fail_frame(e),
-            };
-            if frame.header.version != PROTOCOL_VERSION {
-                return self.fail_frame(FrameError::VersionMismatch {
-                    theirs: frame.header.version,
-                    ours: PROTOCOL_VERSION,
-                });
             }
-            self.on_frame(frame, now);
         }
     }
 
     fn on_frame(&mut self, frame: RawFrame, now: Instant) {
-        let msg = match &mut self.opener {
+        let msg = match self.core.opener() {
             None => frame.decode_plain().map_err(OpenError::Frame),
             Some(o) => o.open(&frame),
         };
@@ -241,7 +212,7 @@ impl ServerHandshake {
             Err(e) => {
                 // Not from the holder of the session keys: answer nothing it could use.
                 self.state = State::Done;
-                self.deadline = None;
+                self.core.stop_clock();
                 self.events.push_back(ServerEvent::Failed(Refusal {
                     code: None,
                     authenticated: false,
@@ -261,54 +232,41 @@ impl ServerHandshake {
         }
         match (&self.state, msg) {
             (State::AwaitHello, ControlMsg::Hello(hello)) => {
-                self.transcript.add(&frame.bytes);
+                self.core.transcript.add(&frame.bytes);
                 let challenge = ControlMsg::Challenge(Challenge {
                     server_nonce: self.nonce,
                 })
                 .encode();
-                self.transcript.add(&challenge);
-                self.out.push_back(challenge);
+                self.core.transcript.add(&challenge);
+                self.core.send(challenge);
                 self.state = State::AwaitProof;
-                self.deadline = Some(now + self.step);
+                self.core.await_peer(now);
                 self.hello = Some(hello);
             }
             (State::AwaitProof, ControlMsg::Proof(p)) => {
-                if !verify_subscriber_proof(&self.key, &self.transcript.hash(), &p.proof) {
+                if !verify_subscriber_proof(&self.core.key, &self.core.transcript.hash(), &p.proof)
+                {
                     return self.reject(RejectCode::AuthFailed, "wrong pre-shared key");
                 }
-                self.transcript.add(&frame.bytes);
-                let keys = SessionKeys::derive(&self.key, &self.transcript.hash());
-                let (send, recv) = keys.for_role(Role::Publisher);
-                self.sealer = Some(Sealer::new(send));
-                self.opener = Some(Opener::new(recv));
+                self.core.transcript.add(&frame.bytes);
+                self.core.derive_keys(Role::Publisher);
                 self.state = State::Deciding;
-                self.deadline = None;
+                self.core.stop_clock();
                 let hello = self.hello.take().expect("Hello came first");
                 self.events.push_back(ServerEvent::Authenticated(hello));
             }
             (State::AwaitAuth, ControlMsg::Auth(a)) => {
                 self.state = State::Ringing;
-                self.deadline = None;
+                self.core.stop_clock();
                 self.events.push_back(ServerEvent::Ring(a));
             }
             (State::AwaitReady, ControlMsg::Heartbeat(_)) => {
                 self.state = State::Done;
-                self.deadline = None;
-                let decoder = std::mem::take(&mut self.decoder);
-                let session = Session::new(
-                    self.sealer.take().expect("sealed"),
-                    self.opener.take().expect("sealed"),
-                    decoder,
-                );
+                let session = self.core.take_session();
                 self.events.push_back(ServerEvent::Established(session));
             }
-            (_, other) => {
-                let expected = match self.state {
-                    State::AwaitHello => "Hello",
-                    State::AwaitProof => "Proof",
-                    State::AwaitAuth => "Auth",
-                    _ => "Heartbeat",
-                };
+            (state, other) => {
+                let expected = state.awaited().unwrap_or("nothing");
                 self.reject(
                     RejectCode::BadMessage,
                     format!("expected {expected}, got {}", other.kind()),
