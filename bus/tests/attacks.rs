@@ -227,17 +227,7 @@ fn peer_strings_cannot_forge_log_lines() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("pub printed no address").unwrap();
-        if let Some(a) = line
-            .split(" on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-        {
-            break a;
-        }
-    };
+    let (addr, _) = common::pub_address(&mut lines);
     let forged = "x\n2026-01-01T00:00:00Z  WARN FORGED: publisher compromised";
     // A key holder with a newline in its schema and its name: refused, and logged.
     let mut sub = RawSub::connect(addr, &psk(), "quotes", forged, TransportKind::Shm);

@@ -746,19 +746,7 @@ fn messages_flow_over_shm_with_the_shm_dir_on_a_full_tmpfs() {
     env(&mut publisher);
     let mut publisher = publisher.spawn().unwrap();
     let mut lines = std::io::BufReader::new(publisher.stderr.take().unwrap()).lines();
-    let mut early = Vec::new();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("pub printed no address").unwrap();
-        if let Some(a) = line
-            .split(" on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-        {
-            break a;
-        }
-        early.push(line);
-    };
+    let (addr, early): (SocketAddr, Vec<String>) = common::pub_address(&mut lines);
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let subs: Vec<_> = (0..2)
         .map(|i| {

@@ -99,6 +99,26 @@ pub fn sub(addr: SocketAddr, args: &str) -> Proc {
     Proc(Some(child))
 }
 
+/// Reads `rdmabus pub`'s stderr up to the line that says where it listens ("… on ADDR …");
+/// returns the address and the lines before it.
+pub fn pub_address(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+) -> (SocketAddr, Vec<String>) {
+    let mut early = Vec::new();
+    loop {
+        let line = lines.next().expect("pub printed no address").unwrap();
+        if let Some(a) = line
+            .split(" on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+        {
+            return (a, early);
+        }
+        early.push(line);
+    }
+}
+
 /// Starts `rdmabus pub` on an ephemeral port (extra arguments split on spaces) and returns it
 /// with the address it printed.
 pub fn publisher(args: &str) -> (Proc, SocketAddr) {
@@ -113,13 +133,7 @@ pub fn publisher(args: &str) -> (Proc, SocketAddr) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines.next().expect("pub printed nothing").unwrap();
-    let addr = line
-        .split(" on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (addr, _) = pub_address(&mut lines);
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (Proc(Some(child)), addr)
