@@ -431,10 +431,17 @@ struct Registry {
 
 static REGISTRY: OnceLock<Option<Registry>> = OnceLock::new();
 
+/// This process's stats file's path, for [`remove_own_file_on_signal`].
+static OWN_PATH: OnceLock<std::ffi::CString> = OnceLock::new();
+
 fn registry() -> Option<&'static Registry> {
     REGISTRY
         .get_or_init(|| match StatsFile::create() {
             Ok(file) => {
+                use std::os::unix::ffi::OsStrExt;
+                if let Ok(c) = std::ffi::CString::new(file.path().as_os_str().as_bytes()) {
+                    let _ = OWN_PATH.set(c);
+                }
                 extern "C" fn at_exit() {
                     remove_own_file();
                 }
@@ -500,6 +507,15 @@ impl Drop for Counters {
 pub fn remove_own_file() {
     if let Some(Some(r)) = REGISTRY.get() {
         let _ = std::fs::remove_file(r.file.path());
+    }
+}
+
+/// Removes this process's stats file from a signal handler: async-signal-safe (an atomic
+/// load and unlink(2), nothing allocated or locked). For a process about to die of a signal.
+pub fn remove_own_file_on_signal() {
+    if let Some(p) = OWN_PATH.get() {
+        // SAFETY: a NUL-terminated path that lives as long as the process.
+        unsafe { libc::unlink(p.as_ptr()) };
     }
 }
 

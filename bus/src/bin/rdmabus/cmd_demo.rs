@@ -5,6 +5,7 @@ use crate::report::{thousands, us, SubReport};
 use crate::topics::AnyPublisher;
 use rdmabus::{Error, IdleStrategy, Node, Policy, Psk, Transport};
 use std::io::{IsTerminal, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,8 +45,18 @@ pub struct DemoArgs {
 struct Kids(Vec<Child>);
 
 impl Drop for Kids {
+    /// On an early return: SIGTERM (they end in order and remove their stats files), then
+    /// SIGKILL for any still there after 3 s.
     fn drop(&mut self) {
+        for c in &self.0 {
+            // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
         for c in &mut self.0 {
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -120,7 +131,10 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         ])
         .env("RDMABUS_PSK", psk.to_text())
         .stdout(Stdio::piped())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // Their own process group: a Ctrl-C at the terminal reaches the demo alone, which
+        // then closes its topics in order, so they see the goodbye and report.
+        .process_group(0);
         if i == a.subscribers && a.slow_us > 0 {
             cmd.args(["--delay-us", &a.slow_us.to_string()]);
         }
@@ -129,8 +143,10 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
                 .map_err(|e| Error::io("starting a subscriber process", e))?,
         );
     }
-    quotes.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
-    trades.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
+    // Returns false on a signal (the loop below then does not start).
+    if quotes.wait_for_subscribers_or_signal(a.subscribers, Duration::from_secs(15))? {
+        trades.wait_for_subscribers_or_signal(a.subscribers, Duration::from_secs(15))?;
+    }
 
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
@@ -138,7 +154,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     let mut pacer = Pacer::new(a.rate);
     let mut next_status = start;
     let mut n = 0u64;
-    while Instant::now() < end {
+    while Instant::now() < end && crate::signals::stopped().is_none() {
         pacer.wait();
         if n % 4 == 3 {
             trades.publish_next()?
@@ -156,8 +172,15 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         }
     }
     status(tty, start, n, &mut quotes, &mut trades);
+    let elapsed = start.elapsed().as_secs_f64();
     if tty {
         eprintln!();
+    }
+    if let Some(sig) = crate::signals::stopped() {
+        eprintln!(
+            "{} after {elapsed:.1} s: closing the topics in order",
+            crate::signals::name(sig)
+        );
     }
     let pub_stats = [quotes.close(), trades.close()];
 
@@ -177,6 +200,8 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         let line = String::from_utf8_lossy(&out.stdout);
         match serde_json::from_str::<SubReport>(line.trim()) {
             Ok(r) => reports.push(r),
+            // Stopped before it had joined: nothing to report.
+            Err(_) if crate::signals::stopped().is_some() => {}
             Err(e) => {
                 return Err(Error::Protocol(format!(
                     "a subscriber gave no report ({e}); exit {:?}",
@@ -217,8 +242,8 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     println!(
         "published {} messages in {:.2} s ({} msg/s); latency is one-way, publish to read in place",
         thousands(n),
-        a.seconds,
-        thousands((n as f64 / a.seconds) as u64)
+        elapsed,
+        thousands((n as f64 / elapsed.max(1e-9)) as u64)
     );
     Ok(())
 }

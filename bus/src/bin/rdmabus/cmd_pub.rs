@@ -109,7 +109,9 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         args.policy
     );
     for p in pubs.iter_mut() {
-        p.wait_for_subscribers(args.wait_subscribers, Duration::from_secs(60))?;
+        if !p.wait_for_subscribers_or_signal(args.wait_subscribers, Duration::from_secs(60))? {
+            break;
+        }
     }
     if let Some(cpu) = args.cpu {
         rdmabus::affinity::pin_current_thread(cpu)?;
@@ -123,6 +125,7 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         for p in pubs.iter_mut() {
             if args.count.is_some_and(|c| sent >= c)
                 || deadline.is_some_and(|d| Instant::now() >= d)
+                || crate::signals::stopped().is_some()
             {
                 break 'outer;
             }
@@ -131,6 +134,13 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         }
         sent += 1;
     }
+    if let Some(sig) = crate::signals::stopped() {
+        eprintln!(
+            "{}: closing every topic in order",
+            crate::signals::name(sig)
+        );
+    }
+    // Each subscriber gets its goodbye (Closed: Shutdown) after what was sent to it.
     let reports: Vec<PubTopic> = pubs
         .into_iter()
         .map(|p| {

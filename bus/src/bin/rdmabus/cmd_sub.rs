@@ -3,6 +3,7 @@
 use crate::keyopt::KeyArgs;
 use crate::report::{Latency, SubReport, TopicReport};
 use crate::topics;
+use crate::Exit;
 use hdrhistogram::Histogram;
 use rdmabus::proto::market::{BookUpdate, Quote, Trade};
 use rdmabus::{Error, Event, IdleStrategy, Message, Psk, Subscriber, Transport};
@@ -70,6 +71,8 @@ trait TopicReader {
     /// One poll; true if something happened.
     fn step(&mut self, args: &SubArgs) -> bool;
     fn done(&self) -> bool;
+    /// How the topic ended, as an exit status.
+    fn exit(&self) -> Exit;
     fn finish(&mut self, end: &str) -> (TopicReport, Histogram<u64>);
 }
 
@@ -81,6 +84,7 @@ struct Reader<T: Message> {
     seen: u64,
     count: Option<u64>,
     done: bool,
+    exit: Exit,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -133,6 +137,7 @@ where
             seen: 0,
             count: args.count,
             done: false,
+            exit: Exit::Ok,
         }))
     }
 }
@@ -195,6 +200,7 @@ where
                     Error::PublisherLost(why) => format!("lost: {why}"),
                     other => format!("error: {other}"),
                 };
+                self.exit = Exit::of(&e);
                 if !args.json {
                     eprintln!("{}: {e}", r.topic);
                 }
@@ -211,6 +217,10 @@ where
 
     fn done(&self) -> bool {
         self.done
+    }
+
+    fn exit(&self) -> Exit {
+        self.exit
     }
 
     fn finish(&mut self, end: &str) -> (TopicReport, Histogram<u64>) {
@@ -241,8 +251,8 @@ fn work_for(d: Duration) {
     }
 }
 
-/// Runs `rdmabus sub`.
-pub fn run(args: SubArgs) -> Result<(), Error> {
+/// Runs `rdmabus sub`; the exit status says how the topics ended (the worst of them).
+pub fn run(args: SubArgs) -> Result<Exit, Error> {
     let psk = args.key.load()?;
     let mut readers: Vec<Box<dyn TopicReader>> = Vec::new();
     for topic in &args.topics {
@@ -272,10 +282,13 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
             progressed |= r.step(&args);
         }
         if readers.iter().all(|r| r.done()) {
-            break "done";
+            break "done".to_string();
+        }
+        if let Some(sig) = crate::signals::stopped() {
+            break format!("signal: {}", crate::signals::name(sig));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            break "seconds";
+            break "seconds".to_string();
         }
         if progressed {
             rounds = 0;
@@ -294,8 +307,11 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
         pid: std::process::id(),
         ..Default::default()
     };
+    let exit = readers
+        .iter()
+        .fold(Exit::Ok, |worst, r| worst.worse(r.exit()));
     for r in readers.iter_mut() {
-        let (t, h) = r.finish(end);
+        let (t, h) = r.finish(&end);
         let _ = all.add(&h);
         report.topics.push(t);
     }
@@ -315,5 +331,5 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
             );
         }
     }
-    Ok(())
+    Ok(exit)
 }
