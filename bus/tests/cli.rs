@@ -421,6 +421,89 @@ fn sub_exit_status_says_how_it_ended() {
 }
 
 #[test]
+fn sub_count_zero_consumes_nothing() {
+    let dir = ShmDir::new("count0");
+    let (_publisher, addr) = publisher(&dir, &["-t", "quotes", "--rate", "5000"]);
+    // Let the feed run so that a message is there to be taken.
+    std::thread::sleep(Duration::from_millis(200));
+    let e = subscriber(&dir, addr, &["-t", "quotes", "--count", "0"]).ended(WAIT);
+    assert_eq!(e.code(), Some(EXIT_OK), "{}", e.stderr);
+    let r = e.report();
+    let t = common::topic(&r, "quotes");
+    assert_eq!(common::u(t, "received"), 0, "{t}");
+    assert_eq!(t["end"], "count", "{t}");
+}
+
+#[test]
+fn odd_numbers_are_clear_usage_errors() {
+    let dir = ShmDir::new("usage");
+    let (c, l) = ("127.0.0.1:9", "127.0.0.1:0");
+    let cases: &[(&[&str], &str)] = &[
+        (&["demo", "--seconds", "nan"], "--seconds"),
+        (&["demo", "--seconds", "inf"], "--seconds"),
+        (&["demo", "--seconds", "-1"], "--seconds"),
+        (&["demo", "--seconds", "1e300"], "--seconds"),
+        (&["demo", "--seconds", "0"], "--seconds"),
+        (&["demo", "--seconds", "1e-300"], "--seconds"),
+        (&["demo", "--seconds", "5s"], "--seconds"),
+        (&["pub", "-l", l, "--seconds", "nan"], "--seconds"),
+        (&["pub", "-l", l, "--seconds=-1"], "--seconds"),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--seconds", "inf"],
+            "--seconds",
+        ),
+        (&["demo", "--rate", "-5"], "--rate"),
+        (&["pub", "-l", l, "--rate", "5000000000"], "--rate"),
+        (&["demo", "--slots", "1000"], "power of two"),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--slots", "1000"],
+            "power of two",
+        ),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--slots", "0"],
+            "power of two",
+        ),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--slots", "4194304"],
+            "power of two",
+        ),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--delay-us", "99999999999"],
+            "--delay-us",
+        ),
+        (&["demo", "--slow-us", "99999999999"], "--slow-us"),
+        (&["demo", "--subscribers", "0"], "--subscribers"),
+        (&["demo", "--subscribers", "65"], "--subscribers"),
+        (
+            &["pub", "-l", l, "--wait-subscribers", "65"],
+            "--wait-subscribers",
+        ),
+        (&["stat", "--interval", "0"], "--interval"),
+        (&["stat", "--count", "0"], "--count"),
+        (&["pub", "-l", l, "--cpu", "999"], "CPU 999"),
+        (&["sub", "-c", c, "-t", "quotes", "--cpu", "999"], "CPU 999"),
+    ];
+    for (args, says) in cases {
+        let e = run(&dir, args);
+        let what = format!("rdmabus {}", args.join(" "));
+        assert!(
+            !e.stderr.contains("panicked"),
+            "{what} panicked: {}",
+            e.stderr
+        );
+        assert_eq!(e.code(), Some(EXIT_USAGE), "{what}: {}", e.stderr);
+        assert!(
+            e.stderr.contains(says),
+            "{what} does not say {says:?}: {}",
+            e.stderr
+        );
+    }
+    // --cpu names the CPUs there are.
+    let e = run(&dir, &["pub", "-l", l, "--cpu", "999"]);
+    assert!(e.stderr.contains("CPUs"), "{}", e.stderr);
+}
+
+#[test]
 fn sigint_ends_the_demo_in_order() {
     let dir = ShmDir::new("demo");
     let mut c = rdmabus(&dir);
@@ -466,6 +549,40 @@ fn sigint_ends_the_demo_in_order() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether this machine has an RDMA device the verbs transport could use.
+fn has_rdma() -> bool {
+    rdmabus::verbs::device::list().is_ok_and(|l| !l.is_empty())
+}
+
+#[test]
+fn verbs_without_a_device_is_a_clear_error() {
+    if has_rdma() {
+        eprintln!("cli: this machine has RDMA devices: the no-device message was not checked");
+        return;
+    }
+    let dir = ShmDir::new("verbs");
+    let (_publisher, addr) = publisher(&dir, &["-t", "quotes", "--rate", "100"]);
+    let e = run(
+        &dir,
+        &[
+            "sub",
+            "-c",
+            &addr.to_string(),
+            "-t",
+            "quotes",
+            "--transport",
+            "verbs",
+        ],
+    );
+    assert_eq!(e.code(), Some(EXIT_USAGE), "{}", e.stderr);
+    assert!(
+        e.stderr.contains("no RDMA device found") && e.stderr.contains("rdmabus doctor"),
+        "{}",
+        e.stderr
+    );
+    assert!(!e.stderr.contains("os error 38"), "{}", e.stderr);
 }
 
 #[test]

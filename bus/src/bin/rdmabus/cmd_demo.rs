@@ -15,11 +15,12 @@ pub struct DemoArgs {
     /// Number of subscriber processes.
     #[arg(long, default_value_t = 3)]
     pub subscribers: usize,
-    /// How long to publish.
-    #[arg(long, default_value_t = 5.0)]
-    pub seconds: f64,
-    /// Messages per second over both topics (quotes and trades, 3 to 1).
-    #[arg(long, default_value_t = 50_000)]
+    /// How long to publish, in seconds (above 0, fractions allowed).
+    #[arg(long, default_value = "5", value_name = "SECONDS", allow_negative_numbers = true, value_parser = crate::parse::seconds)]
+    pub seconds: Duration,
+    /// Messages per second over both topics (quotes and trades, 3 to 1; 0: as fast as the
+    /// subscribers allow).
+    #[arg(long, default_value_t = 50_000, allow_negative_numbers = true, value_parser = crate::parse::rate)]
     pub rate: u64,
     /// What to do when a subscriber's ring is full: block, drop, disconnect.
     #[arg(long, default_value = "block")]
@@ -27,11 +28,12 @@ pub struct DemoArgs {
     /// Transport between publisher and subscribers.
     #[arg(long, default_value = "shm")]
     pub transport: Transport,
-    /// Ring slots per subscriber and topic.
-    #[arg(long, default_value_t = 1024)]
+    /// Ring slots per subscriber and topic (a power of two from 2 to 1048576).
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true, value_parser = crate::parse::slots)]
     pub slots: u32,
-    /// Make the last subscriber spend this many microseconds per message (shows the policy).
-    #[arg(long, default_value_t = 0, value_name = "US")]
+    /// Make the last subscriber spend this many microseconds per message (shows the policy;
+    /// at most 10 s).
+    #[arg(long, default_value_t = 0, value_name = "US", allow_negative_numbers = true, value_parser = crate::parse::delay_us)]
     pub slow_us: u64,
     /// Address to listen on (default: loopback for shm, the first RDMA interface for verbs).
     #[arg(long, value_name = "HOST:PORT")]
@@ -68,6 +70,9 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     if a.subscribers == 0 || a.subscribers > 64 {
         return Err(Error::Config("--subscribers must be 1 to 64".into()));
     }
+    if a.transport == Transport::Verbs {
+        crate::cmd_sub::check_rdma()?;
+    }
     let psk = Psk::random();
     // Over verbs the control connection's address picks the RDMA device: listen on one.
     let listen =
@@ -91,7 +96,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         "rdmabus demo: {} subscriber processes, quotes + trades at {} msg/s for {} s over {:?}, policy {:?}",
         a.subscribers,
         thousands(a.rate),
-        a.seconds,
+        a.seconds.as_secs_f64(),
         a.transport,
         a.policy
     );
@@ -150,7 +155,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
 
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
-    let end = start + Duration::from_secs_f64(a.seconds);
+    let end = start + a.seconds;
     let mut pacer = Pacer::new(a.rate);
     let mut next_status = start;
     let mut n = 0u64;

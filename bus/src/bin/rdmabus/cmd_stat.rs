@@ -19,8 +19,8 @@ pub struct StatArgs {
     /// Refresh interval in milliseconds (50 to 3,600,000).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
     pub interval: u64,
-    /// Stop after this many refreshes.
-    #[arg(long)]
+    /// Stop after this many refreshes (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Only this process.
     #[arg(long)]

@@ -18,23 +18,24 @@ pub struct SubArgs {
     /// Topic to subscribe to (quotes, trades or books); repeat for several.
     #[arg(long = "topic", short = 't', required = true, value_parser = topics::parse)]
     pub topics: Vec<String>,
-    /// Stop after this many sequences per topic (received or lost).
+    /// Stop after this many sequences per topic (received or lost). 0 consumes none: it
+    /// connects (checking the key, topic and transport), then leaves in order at once.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    pub seconds: Option<f64>,
+    /// Stop after this many seconds (above 0, fractions allowed).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = crate::parse::seconds)]
+    pub seconds: Option<Duration>,
     /// Print every message.
     #[arg(long)]
     pub print: bool,
     /// Check every message against the synthetic feed that `rdmabus pub` sends.
     #[arg(long)]
     pub verify: bool,
-    /// Spend this many microseconds per message (to play a slow consumer).
-    #[arg(long, default_value_t = 0, value_name = "US")]
+    /// Spend this many microseconds per message (to play a slow consumer; at most 10 s).
+    #[arg(long, default_value_t = 0, value_name = "US", allow_negative_numbers = true, value_parser = crate::parse::delay_us)]
     pub delay_us: u64,
-    /// Ring slots per topic (power of two).
-    #[arg(long, default_value_t = 1024)]
+    /// Ring slots per topic (a power of two from 2 to 1048576).
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true, value_parser = crate::parse::slots)]
     pub slots: u32,
     /// Name shown in the publisher's stats.
     #[arg(long, default_value = "")]
@@ -48,7 +49,8 @@ pub struct SubArgs {
     /// Print a JSON report on stdout at the end.
     #[arg(long)]
     pub json: bool,
-    /// Pin the polling thread to this CPU (give it an isolated core for steady latency).
+    /// Pin the polling thread to this CPU (give it an isolated core for steady latency;
+    /// checked at start: it must exist and be allowed).
     #[arg(long)]
     pub cpu: Option<usize>,
     /// Transport: shm (same machine) or verbs (RDMA).
@@ -127,6 +129,11 @@ where
         let report = TopicReport {
             topic: topic.to_string(),
             subscriber_id: sub.id(),
+            end: if args.count == Some(0) {
+                "count".into()
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         Ok(Box::new(Reader {
@@ -136,7 +143,8 @@ where
             hist: histogram(),
             seen: 0,
             count: args.count,
-            done: false,
+            // --count 0: connected, and done before reading anything.
+            done: args.count == Some(0),
             exit: Exit::Ok,
         }))
     }
@@ -251,9 +259,30 @@ fn work_for(d: Duration) {
     }
 }
 
+/// Whether this machine has an RDMA device the verbs transport can use; if not, says what to
+/// do (rather than the OS error of listing devices where no RDMA driver is loaded).
+pub fn check_rdma() -> Result<(), Error> {
+    let what = match rdmabus::verbs::device::list() {
+        Ok(gids) if !gids.is_empty() => return Ok(()),
+        Ok(_) => "no RDMA device found with an active port and a GID",
+        Err(_) => "no RDMA device found (no RDMA driver is loaded)",
+    };
+    Err(Error::Config(format!(
+        "{what}: load a NIC's RDMA driver, or Soft-RoCE (`modprobe rdma_rxe && rdma link add \
+         rxe0 type rxe netdev eth0`, README: Soft-RoCE), or use --transport shm on one machine; \
+         see `rdmabus doctor`"
+    )))
+}
+
 /// Runs `rdmabus sub`; the exit status says how the topics ended (the worst of them).
 pub fn run(args: SubArgs) -> Result<Exit, Error> {
     let psk = args.key.load()?;
+    if let Some(cpu) = args.cpu {
+        rdmabus::affinity::check_cpu(cpu)?;
+    }
+    if args.transport == Transport::Verbs {
+        check_rdma()?;
+    }
     let mut readers: Vec<Box<dyn TopicReader>> = Vec::new();
     for topic in &args.topics {
         readers.push(match topic.as_str() {
@@ -272,9 +301,7 @@ pub fn run(args: SubArgs) -> Result<Exit, Error> {
     if let Some(cpu) = args.cpu {
         rdmabus::affinity::pin_current_thread(cpu)?;
     }
-    let deadline = args
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args.seconds.map(|s| Instant::now() + s);
     let mut rounds = 0u32;
     let end = loop {
         let mut progressed = false;

@@ -26,8 +26,8 @@ Exit status:
      help)
   2  bad usage or configuration: an option or its value, the key, no RDMA device, a CPU that
      does not exist (fix it: retrying will not help)
-  3  publisher lost: killed, connection lost or heartbeats stopped (retry: sub reconnects
-     once the publisher is back)
+  3  publisher lost: killed, connection lost or heartbeats stopped (retry: a restarted sub
+     connects once the publisher is back)
   4  refused by the publisher: wrong key, unknown topic, another message type, ring size,
      transport or protocol version (retrying will not help)
   5  cut by the publisher as a slow consumer (its policy is disconnect)
@@ -108,6 +108,80 @@ impl Exit {
             other
         } else {
             self
+        }
+    }
+}
+
+/// Parsers of the numbers on the command line: each odd value (NaN, infinities, negative,
+/// zero where it means nothing, absurdly large) is a usage error that says what is accepted.
+pub mod parse {
+    use std::time::Duration;
+
+    /// The longest `--seconds`: 10^9 s, about 31 years.
+    pub const MAX_SECONDS: f64 = 1e9;
+    /// The highest paced `--rate` (one message a nanosecond).
+    pub const MAX_RATE: u64 = 1_000_000_000;
+    /// The longest `--delay-us` / `--slow-us`: 10 s a message.
+    pub const MAX_DELAY_US: u64 = 10_000_000;
+    /// The most subscribers a topic takes (the node's default `max_subscribers`).
+    pub const MAX_SUBSCRIBERS: usize = 64;
+
+    /// A duration in seconds: finite, above 0, at most [`MAX_SECONDS`] (`2`, `0.5`, `1e-3`).
+    pub fn seconds(s: &str) -> Result<Duration, String> {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("not a number of seconds (for example 2 or 0.5): {s:?}"))?;
+        if !v.is_finite() || v <= 0.0 || v > MAX_SECONDS {
+            return Err(format!(
+                "seconds must be a finite number above 0 and at most {MAX_SECONDS} (about 31 years)"
+            ));
+        }
+        match Duration::try_from_secs_f64(v) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err("seconds must be at least 1 ns".into()),
+        }
+    }
+
+    /// Messages per second: 0 (as fast as the subscribers allow) to [`MAX_RATE`].
+    pub fn rate(s: &str) -> Result<u64, String> {
+        match s.trim().parse::<u64>() {
+            Ok(v) if v <= MAX_RATE => Ok(v),
+            _ => Err(format!(
+                "a rate is a whole number of messages per second from 1 to {MAX_RATE}, or 0 for \
+                 as fast as the subscribers allow"
+            )),
+        }
+    }
+
+    /// Ring slots: a power of two in the ring's bounds.
+    pub fn slots(s: &str) -> Result<u32, String> {
+        use rdmabus::proto::geometry::{MAX_SLOTS, MIN_SLOTS};
+        match s.trim().parse::<u32>() {
+            Ok(v) if v.is_power_of_two() && (MIN_SLOTS..=MAX_SLOTS).contains(&v) => Ok(v),
+            _ => Err(format!(
+                "slots must be a power of two from {MIN_SLOTS} to {MAX_SLOTS} (64, 1024, ...)"
+            )),
+        }
+    }
+
+    /// Microseconds spent on each message: 0 to [`MAX_DELAY_US`].
+    pub fn delay_us(s: &str) -> Result<u64, String> {
+        match s.trim().parse::<u64>() {
+            Ok(v) if v <= MAX_DELAY_US => Ok(v),
+            _ => Err(format!(
+                "microseconds per message, a whole number from 0 to {MAX_DELAY_US} (10 s)"
+            )),
+        }
+    }
+
+    /// A number of subscribers to wait for: 0 to [`MAX_SUBSCRIBERS`].
+    pub fn subscribers(s: &str) -> Result<usize, String> {
+        match s.trim().parse::<usize>() {
+            Ok(v) if v <= MAX_SUBSCRIBERS => Ok(v),
+            _ => Err(format!(
+                "a whole number from 0 to {MAX_SUBSCRIBERS} (a topic takes at most {MAX_SUBSCRIBERS} subscribers)"
+            )),
         }
     }
 }
