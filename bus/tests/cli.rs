@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -606,4 +606,72 @@ fn help_documents_the_exit_statuses() {
             e.stdout
         );
     }
+}
+
+/// A stats file for another PID namespace (whose pid means nothing here), made by hand.
+fn foreign_stats_file(dir: &Path, pid: u32) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!("rdmabus-stats-{pid}-f0f0f0f0f0f0f0f0"));
+    drop(rdmabus::stats_file::StatsFile::create_at(&path).unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(
+        &(rdmabus::stats_file::own_pid_ns() ^ 0x5a5a).to_le_bytes(),
+        24,
+    )
+    .unwrap();
+    f.write_all_at(&pid.to_le_bytes(), 8).unwrap();
+    path
+}
+
+#[test]
+fn nothing_is_left_in_the_shm_directory_after_a_death() {
+    let dir = ShmDir::new("left");
+    // A dead pid, for a file of another PID namespace: never removed.
+    let mut t = Command::new("true").spawn().unwrap();
+    let gone = t.id();
+    t.wait().unwrap();
+    let foreign = foreign_stats_file(&dir.0, gone);
+
+    // SIGTERM: the orderly path removes the file at once.
+    let (p, _) = publisher(&dir, &["-t", "quotes", "--rate", "100"]);
+    let file = dir.wait_for_stats_file(p.pid());
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.ended(WAIT).code(), Some(EXIT_OK));
+    assert!(!file.exists(), "SIGTERM left {}", file.display());
+
+    // SIGKILL leaves one; the next `rdmabus stat` removes it.
+    let (mut p, _) = publisher(&dir, &["-t", "quotes", "--rate", "100"]);
+    let killed = dir.wait_for_stats_file(p.pid());
+    let mut c = p.0.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert!(killed.exists());
+    let e = run(&dir, &["stat", "--once"]);
+    assert_eq!(e.code(), Some(EXIT_OK), "{}", e.stderr);
+    assert!(!killed.exists(), "stat left {}", killed.display());
+
+    // SIGKILL again; the next rdmabus process of any kind removes it, and keeps the files of
+    // live processes (a running publisher's) and of other PID namespaces.
+    let (live, _) = publisher(&dir, &["-t", "quotes", "--rate", "100"]);
+    let live_file = dir.wait_for_stats_file(live.pid());
+    let (mut p, _) = publisher(&dir, &["-t", "quotes", "--rate", "100"]);
+    let killed = dir.wait_for_stats_file(p.pid());
+    let mut c = p.0.take().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let key = dir.0.join("psk");
+    let e = run(&dir, &["keygen", key.to_str().unwrap()]);
+    assert_eq!(e.code(), Some(EXIT_OK), "{}", e.stderr);
+    assert!(
+        !killed.exists(),
+        "the next rdmabus process left {}",
+        killed.display()
+    );
+    assert!(live_file.exists(), "a live process's file was removed");
+    assert!(foreign.exists(), "another PID namespace's file was removed");
+    live.signal(libc::SIGTERM);
+    assert_eq!(live.ended(WAIT).code(), Some(EXIT_OK));
+    std::fs::remove_file(&key).unwrap();
+    std::fs::remove_file(&foreign).unwrap();
+    assert_eq!(dir.stats_files(None), Vec::<PathBuf>::new());
 }

@@ -308,6 +308,8 @@ fn main() {
         .init();
     // Usage errors exit 2 here (clap).
     let cli = Cli::parse();
+    // Stats files that killed rdmabus processes left in the shm directory go now.
+    rdmabus::stats_file::sweep();
     // pub, sub, demo and stat end in order on a signal; the others at once.
     signals::install(matches!(
         cli.command,
