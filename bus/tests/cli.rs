@@ -64,6 +64,33 @@ impl ShmDir {
     }
 }
 
+/// Waits until the subscriber process whose stats file is `file` has received `n` messages
+/// (summed over its subscriptions, read live from that file).
+fn wait_received(file: &Path, n: u64) {
+    use rdmabus::stats_file::{sub, Kind, StatsFile, CAPACITY};
+    let deadline = Instant::now() + WAIT;
+    // The name appears before the header is written.
+    let f = loop {
+        match StatsFile::open(file) {
+            Ok(f) if f.pid() != 0 => break f,
+            r => assert!(Instant::now() < deadline, "{:?}", r.err()),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    loop {
+        let got: u64 = (0..CAPACITY)
+            .map(|i| f.entry(i))
+            .filter(|e| e.kind() == Kind::Subscription)
+            .map(|e| e.get(sub::RECEIVED))
+            .sum();
+        if got >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "received {got} of {n}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 impl Drop for ShmDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -292,7 +319,7 @@ fn sigterm_and_sigint_end_sub_with_its_report() {
         for i in 0..200 {
             p.publish(&Quote::synthetic(i)).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(300));
+        wait_received(&file, 200);
         s.signal(sig);
         let e = s.ended(WAIT);
         assert_eq!(
@@ -342,7 +369,8 @@ fn a_second_signal_ends_at_once() {
     for i in 0..3 {
         p.publish(&Quote::synthetic(i)).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    wait_received(&file, 1);
+    std::thread::sleep(Duration::from_millis(100));
     s.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
     assert!(s.running(), "the first signal ended it at once");
