@@ -44,7 +44,7 @@ impl Psk {
                  `rdmabus keygen FILE` and pass --key-file FILE, or put its contents in {var})"
             ))
         })?;
-        Self::parse(&v).map_err(|e| Error::Config(format!("{var}: {e}")))
+        Self::parse(&v).map_err(|e| in_context(e, var))
     }
 
     /// The key from `RDMABUS_PSK`.
@@ -69,7 +69,7 @@ impl Psk {
                 auth::KeyError::NotAKey("binary data".into())
             ))
         })?;
-        Self::parse(text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        Self::parse(text).map_err(|e| in_context(e, &path.display().to_string()))
     }
 
     /// A fresh random key.
@@ -105,6 +105,14 @@ impl Psk {
     /// The key's text form (to hand it to a child process's environment, or a file).
     pub fn to_text(&self) -> String {
         auth::key_text(&self.0)
+    }
+}
+
+/// A configuration error that says where the key came from.
+fn in_context(e: Error, source: &str) -> Error {
+    match e {
+        Error::Config(m) => Error::Config(format!("{source}: {m}")),
+        e => e,
     }
 }
 

@@ -431,24 +431,34 @@ struct Registry {
 
 static REGISTRY: OnceLock<Option<Registry>> = OnceLock::new();
 
+/// This process's stats file's path, for [`remove_own_file_on_signal`].
+static OWN_PATH: OnceLock<std::ffi::CString> = OnceLock::new();
+
 fn registry() -> Option<&'static Registry> {
     REGISTRY
-        .get_or_init(|| match StatsFile::create() {
-            Ok(file) => {
-                extern "C" fn at_exit() {
-                    remove_own_file();
+        .get_or_init(|| {
+            // What dead processes left behind goes first (cheap; once per process).
+            sweep();
+            let file = match StatsFile::create() {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::warn!("no stats file, `rdmabus stat` will not see this process: {e}");
+                    return None;
                 }
-                // SAFETY: registering a plain extern "C" function with no captured state.
-                unsafe { libc::atexit(at_exit) };
-                Some(Registry {
-                    file,
-                    free: Mutex::new((0..CAPACITY).rev().collect()),
-                })
+            };
+            use std::os::unix::ffi::OsStrExt;
+            if let Ok(c) = std::ffi::CString::new(file.path().as_os_str().as_bytes()) {
+                let _ = OWN_PATH.set(c);
             }
-            Err(e) => {
-                tracing::warn!("no stats file, `rdmabus stat` will not see this process: {e}");
-                None
+            extern "C" fn at_exit() {
+                remove_own_file();
             }
+            // SAFETY: registering a plain extern "C" function with no captured state.
+            unsafe { libc::atexit(at_exit) };
+            Some(Registry {
+                file,
+                free: Mutex::new((0..CAPACITY).rev().collect()),
+            })
         })
         .as_ref()
 }
@@ -503,6 +513,24 @@ pub fn remove_own_file() {
     }
 }
 
+/// Removes this process's stats file from a signal handler: async-signal-safe (an atomic
+/// load and unlink(2), nothing allocated or locked). For a process about to die of a signal.
+pub fn remove_own_file_on_signal() {
+    if let Some(p) = OWN_PATH.get() {
+        // SAFETY: a NUL-terminated path that lives as long as the process.
+        unsafe { libc::unlink(p.as_ptr()) };
+    }
+}
+
+/// Removes the stats files that processes of our PID namespace left behind when they died
+/// (SIGKILL, a crash), as [`list`] does; files of live processes, of other PID namespaces and
+/// of other users are never touched. Once per process: every `rdmabus` command runs it at
+/// start, and any process when it creates its own stats file.
+pub fn sweep() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| drop(list()));
+}
+
 /// Stats files of running processes in the shared-memory directory (see [`list_in`]).
 pub fn list() -> Vec<StatsFile> {
     list_in(std::path::Path::new(&crate::shm::shm_dir()))
@@ -530,9 +558,13 @@ pub fn list_in(dir: &std::path::Path) -> Vec<StatsFile> {
             if ours == 0 || f.pid_ns() != ours {
                 return true; // another PID namespace: its pid means nothing here
             }
+            if f.pid() == 0 {
+                return true; // still being written (the pid is stored last)
+            }
             let live = match process(f.pid()) {
                 Process::Gone => false,
-                Process::Alive(Some(t)) => t == f.start_ticks(),
+                // Ticks unknown when the file was made: only a gone pid tells.
+                Process::Alive(Some(t)) => f.start_ticks() == 0 || t == f.start_ticks(),
                 Process::Alive(None) => true,
             };
             if !live {

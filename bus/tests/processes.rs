@@ -180,7 +180,8 @@ fn disconnect_cuts_only_the_slow_subscriber() {
     );
     p.wait_for_subscribers(2, WAIT).unwrap();
     publish(&mut p, 3000);
-    let slow_r = slow.report(WAIT);
+    // Exit status 5: cut by the publisher as a slow consumer.
+    let slow_r = slow.report_with_code(WAIT, 5);
     let t = topic(&slow_r, "quotes");
     assert!(t["end"].as_str().unwrap().contains("SlowConsumer"), "{t}");
     assert!(u(t, "received") < 3000);

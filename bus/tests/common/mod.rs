@@ -76,6 +76,43 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Like [`Proc::report`], for a process that must exit with status `code` (see
+    /// `rdmabus --help`: 3 publisher lost, 5 cut as a slow consumer, ...).
+    pub fn report_with_code(mut self, timeout: Duration, code: i32) -> Value {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("process {} did not finish within {timeout:?}", child.id());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "process exited with {status}; stdout: {out}"
+        );
+        let report: Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"));
+        assert_eq!(
+            report["transport"],
+            transport_arg(),
+            "subscriber ran over another transport"
+        );
+        report
+    }
+}
+
 /// Starts `rdmabus sub --json` against `addr` with extra arguments (split on spaces).
 pub fn sub(addr: SocketAddr, args: &str) -> Proc {
     let args: Vec<&str> = args.split_whitespace().collect();

@@ -5,6 +5,7 @@ use crate::report::{thousands, us, SubReport};
 use crate::topics::AnyPublisher;
 use rdmabus::{Error, IdleStrategy, Node, Policy, Psk, Transport};
 use std::io::{IsTerminal, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,11 +15,12 @@ pub struct DemoArgs {
     /// Number of subscriber processes.
     #[arg(long, default_value_t = 3)]
     pub subscribers: usize,
-    /// How long to publish.
-    #[arg(long, default_value_t = 5.0)]
-    pub seconds: f64,
-    /// Messages per second over both topics (quotes and trades, 3 to 1).
-    #[arg(long, default_value_t = 50_000)]
+    /// How long to publish, in seconds (above 0, fractions allowed).
+    #[arg(long, default_value = "5", value_name = "SECONDS", allow_negative_numbers = true, value_parser = crate::parse::seconds)]
+    pub seconds: Duration,
+    /// Messages per second over both topics (quotes and trades, 3 to 1; 0: as fast as the
+    /// subscribers allow).
+    #[arg(long, default_value_t = 50_000, allow_negative_numbers = true, value_parser = crate::parse::rate)]
     pub rate: u64,
     /// What to do when a subscriber's ring is full: block, drop, disconnect.
     #[arg(long, default_value = "block")]
@@ -26,11 +28,12 @@ pub struct DemoArgs {
     /// Transport between publisher and subscribers.
     #[arg(long, default_value = "shm")]
     pub transport: Transport,
-    /// Ring slots per subscriber and topic.
-    #[arg(long, default_value_t = 1024)]
+    /// Ring slots per subscriber and topic (a power of two from 2 to 1048576).
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true, value_parser = crate::parse::slots)]
     pub slots: u32,
-    /// Make the last subscriber spend this many microseconds per message (shows the policy).
-    #[arg(long, default_value_t = 0, value_name = "US")]
+    /// Make the last subscriber spend this many microseconds per message (shows the policy;
+    /// at most 10 s).
+    #[arg(long, default_value_t = 0, value_name = "US", allow_negative_numbers = true, value_parser = crate::parse::delay_us)]
     pub slow_us: u64,
     /// Address to listen on (default: loopback for shm, the first RDMA interface for verbs).
     #[arg(long, value_name = "HOST:PORT")]
@@ -44,8 +47,18 @@ pub struct DemoArgs {
 struct Kids(Vec<Child>);
 
 impl Drop for Kids {
+    /// On an early return: SIGTERM (they end in order and remove their stats files), then
+    /// SIGKILL for any still there after 3 s.
     fn drop(&mut self) {
+        for c in &self.0 {
+            // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
         for c in &mut self.0 {
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -56,6 +69,9 @@ impl Drop for Kids {
 pub fn run(a: DemoArgs) -> Result<(), Error> {
     if a.subscribers == 0 || a.subscribers > 64 {
         return Err(Error::Config("--subscribers must be 1 to 64".into()));
+    }
+    if a.transport == Transport::Verbs {
+        crate::cmd_sub::check_rdma()?;
     }
     let psk = Psk::random();
     // Over verbs the control connection's address picks the RDMA device: listen on one.
@@ -80,7 +96,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         "rdmabus demo: {} subscriber processes, quotes + trades at {} msg/s for {} s over {:?}, policy {:?}",
         a.subscribers,
         thousands(a.rate),
-        a.seconds,
+        a.seconds.as_secs_f64(),
         a.transport,
         a.policy
     );
@@ -120,7 +136,10 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         ])
         .env("RDMABUS_PSK", psk.to_text())
         .stdout(Stdio::piped())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // Their own process group: a Ctrl-C at the terminal reaches the demo alone, which
+        // then closes its topics in order, so they see the goodbye and report.
+        .process_group(0);
         if i == a.subscribers && a.slow_us > 0 {
             cmd.args(["--delay-us", &a.slow_us.to_string()]);
         }
@@ -129,16 +148,18 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
                 .map_err(|e| Error::io("starting a subscriber process", e))?,
         );
     }
-    quotes.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
-    trades.wait_for_subscribers(a.subscribers, Duration::from_secs(15))?;
+    // Returns false on a signal (the loop below then does not start).
+    if quotes.wait_for_subscribers_or_signal(a.subscribers, Duration::from_secs(15))? {
+        trades.wait_for_subscribers_or_signal(a.subscribers, Duration::from_secs(15))?;
+    }
 
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
-    let end = start + Duration::from_secs_f64(a.seconds);
+    let end = start + a.seconds;
     let mut pacer = Pacer::new(a.rate);
     let mut next_status = start;
     let mut n = 0u64;
-    while Instant::now() < end {
+    while Instant::now() < end && crate::signals::stopped().is_none() {
         pacer.wait();
         if n % 4 == 3 {
             trades.publish_next()?
@@ -156,8 +177,15 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         }
     }
     status(tty, start, n, &mut quotes, &mut trades);
+    let elapsed = start.elapsed().as_secs_f64();
     if tty {
         eprintln!();
+    }
+    if let Some(sig) = crate::signals::stopped() {
+        eprintln!(
+            "{} after {elapsed:.1} s: closing the topics in order",
+            crate::signals::name(sig)
+        );
     }
     let pub_stats = [quotes.close(), trades.close()];
 
@@ -177,6 +205,8 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         let line = String::from_utf8_lossy(&out.stdout);
         match serde_json::from_str::<SubReport>(line.trim()) {
             Ok(r) => reports.push(r),
+            // Stopped before it had joined: nothing to report.
+            Err(_) if crate::signals::stopped().is_some() => {}
             Err(e) => {
                 return Err(Error::Protocol(format!(
                     "a subscriber gave no report ({e}); exit {:?}",
@@ -217,8 +247,8 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
     println!(
         "published {} messages in {:.2} s ({} msg/s); latency is one-way, publish to read",
         thousands(n),
-        a.seconds,
-        thousands((n as f64 / a.seconds) as u64)
+        elapsed,
+        thousands((n as f64 / elapsed.max(1e-9)) as u64)
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `rdmabus doctor`: is this machine ready for kernel-bypass messaging, and if not, what to do.
 
+use crate::Exit;
 use rdmabus::Error;
 use std::fs;
 use std::path::Path;
@@ -272,8 +273,8 @@ fn soft_roce(r: &mut Report) {
     }
 }
 
-/// Runs `rdmabus doctor`; fails when a check failed.
-pub fn run(_: DoctorArgs) -> Result<(), Error> {
+/// Runs `rdmabus doctor`; exits with [`Exit::DoctorFailed`] when a check failed.
+pub fn run(_: DoctorArgs) -> Result<Exit, Error> {
     let mut r = Report { counts: [0; 4] };
     println!("rdmabus doctor");
     rdma_devices(&mut r);
@@ -285,7 +286,8 @@ pub fn run(_: DoctorArgs) -> Result<(), Error> {
     let [ok, info, warn, fail] = r.counts;
     println!("\n{ok} ok, {info} info, {warn} warnings, {fail} failures");
     if fail > 0 {
-        return Err(Error::Config(format!("{fail} check(s) failed (see above)")));
+        eprintln!("rdmabus: doctor: {fail} check(s) failed (see above)");
+        return Ok(Exit::DoctorFailed);
     }
-    Ok(())
+    Ok(Exit::Ok)
 }

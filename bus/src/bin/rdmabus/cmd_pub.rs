@@ -20,25 +20,27 @@ pub struct PubArgs {
     /// Topics to publish (quotes, trades, books); repeat for several.
     #[arg(long = "topic", short = 't', default_values_t = ["quotes".to_string(), "trades".to_string()], value_parser = topics::parse)]
     pub topics: Vec<String>,
-    /// Messages per second over all topics (0: as fast as the subscribers allow).
-    #[arg(long, default_value_t = 10_000)]
+    /// Messages per second over all topics (0: as fast as the subscribers allow; at most
+    /// 1,000,000,000).
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true, value_parser = crate::parse::rate)]
     pub rate: u64,
-    /// Stop after this many messages per topic.
+    /// Stop after this many messages per topic (0: publish none, close in order).
     #[arg(long)]
     pub count: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    pub seconds: Option<f64>,
+    /// Stop after this many seconds (above 0, fractions allowed).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = crate::parse::seconds)]
+    pub seconds: Option<Duration>,
     /// What to do when a subscriber's ring is full: block, drop, disconnect.
     #[arg(long, default_value = "block")]
     pub policy: Policy,
-    /// Wait for this many subscribers on every topic before publishing.
-    #[arg(long, default_value_t = 0)]
+    /// Wait for this many subscribers on every topic before publishing (at most 64; gives up
+    /// after 60 s).
+    #[arg(long, default_value_t = 0, value_parser = crate::parse::subscribers)]
     pub wait_subscribers: usize,
     /// How to wait when blocked: spin, yield, backoff.
     #[arg(long, default_value = "spin")]
     pub idle: IdleStrategy,
-    /// Pin the publishing thread to this CPU.
+    /// Pin the publishing thread to this CPU (checked at start: it must exist and be allowed).
     #[arg(long)]
     pub cpu: Option<usize>,
     /// Print a JSON report on stdout at the end.
@@ -87,6 +89,10 @@ impl Pacer {
 
 /// Runs `rdmabus pub`.
 pub fn run(args: PubArgs) -> Result<(), Error> {
+    if let Some(cpu) = args.cpu {
+        // Before anything starts; the pinning itself waits for the node's threads to exist.
+        rdmabus::affinity::check_cpu(cpu)?;
+    }
     let mut builder = Node::builder()
         .bind(args.listen.clone())
         .psk(args.key.load()?);
@@ -109,20 +115,21 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         args.policy
     );
     for p in pubs.iter_mut() {
-        p.wait_for_subscribers(args.wait_subscribers, Duration::from_secs(60))?;
+        if !p.wait_for_subscribers_or_signal(args.wait_subscribers, Duration::from_secs(60))? {
+            break;
+        }
     }
     if let Some(cpu) = args.cpu {
         rdmabus::affinity::pin_current_thread(cpu)?;
     }
-    let deadline = args
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args.seconds.map(|s| Instant::now() + s);
     let mut pacer = Pacer::new(args.rate);
     let mut sent = 0u64;
     'outer: loop {
         for p in pubs.iter_mut() {
             if args.count.is_some_and(|c| sent >= c)
                 || deadline.is_some_and(|d| Instant::now() >= d)
+                || crate::signals::stopped().is_some()
             {
                 break 'outer;
             }
@@ -131,6 +138,13 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         }
         sent += 1;
     }
+    if let Some(sig) = crate::signals::stopped() {
+        eprintln!(
+            "{}: closing every topic in order",
+            crate::signals::name(sig)
+        );
+    }
+    // Each subscriber gets its goodbye (Closed: Shutdown) after what was sent to it.
     let reports: Vec<PubTopic> = pubs
         .into_iter()
         .map(|p| {

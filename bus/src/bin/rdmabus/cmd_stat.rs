@@ -16,11 +16,11 @@ pub struct StatArgs {
     /// Print snapshots as JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Refresh interval in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    /// Refresh interval in milliseconds (50 to 3,600,000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
     pub interval: u64,
-    /// Stop after this many refreshes.
-    #[arg(long)]
+    /// Stop after this many refreshes (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Only this process.
     #[arg(long)]
@@ -231,6 +231,17 @@ pub fn run(a: StatArgs) -> Result<(), Error> {
         if a.once || a.count.is_some_and(|c| n >= c) {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(a.interval.max(50)));
+        // In slices, so that a signal ends it at once (and in order: exit 0).
+        let until = Instant::now() + Duration::from_millis(a.interval);
+        while Instant::now() < until {
+            if crate::signals::stopped().is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(20)),
+            );
+        }
     }
 }

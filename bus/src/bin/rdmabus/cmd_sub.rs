@@ -3,6 +3,7 @@
 use crate::keyopt::KeyArgs;
 use crate::report::{Latency, SubReport, TopicReport};
 use crate::topics;
+use crate::Exit;
 use hdrhistogram::Histogram;
 use rdmabus::proto::market::{BookUpdate, Quote, Trade};
 use rdmabus::{Access, Error, Event, IdleStrategy, Message, Psk, Subscriber, Transport};
@@ -17,23 +18,24 @@ pub struct SubArgs {
     /// Topic to subscribe to (quotes, trades or books); repeat for several.
     #[arg(long = "topic", short = 't', required = true, value_parser = topics::parse)]
     pub topics: Vec<String>,
-    /// Stop after this many sequences per topic (received or lost).
+    /// Stop after this many sequences per topic (received or lost). 0 consumes none: it
+    /// connects (checking the key, topic and transport), then leaves in order at once.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    pub seconds: Option<f64>,
+    /// Stop after this many seconds (above 0, fractions allowed).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = crate::parse::seconds)]
+    pub seconds: Option<Duration>,
     /// Print every message.
     #[arg(long)]
     pub print: bool,
     /// Check every message against the synthetic feed that `rdmabus pub` sends.
     #[arg(long)]
     pub verify: bool,
-    /// Spend this many microseconds per message (to play a slow consumer).
-    #[arg(long, default_value_t = 0, value_name = "US")]
+    /// Spend this many microseconds per message (to play a slow consumer; at most 10 s).
+    #[arg(long, default_value_t = 0, value_name = "US", allow_negative_numbers = true, value_parser = crate::parse::delay_us)]
     pub delay_us: u64,
-    /// Ring slots per topic (power of two).
-    #[arg(long, default_value_t = 1024)]
+    /// Ring slots per topic (a power of two from 2 to 1048576).
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true, value_parser = crate::parse::slots)]
     pub slots: u32,
     /// Name shown in the publisher's stats.
     #[arg(long, default_value = "")]
@@ -52,7 +54,8 @@ pub struct SubArgs {
     /// Print a JSON report on stdout at the end.
     #[arg(long)]
     pub json: bool,
-    /// Pin the polling thread to this CPU (give it an isolated core for steady latency).
+    /// Pin the polling thread to this CPU (give it an isolated core for steady latency;
+    /// checked at start: it must exist and be allowed).
     #[arg(long)]
     pub cpu: Option<usize>,
     /// Transport: shm (same machine) or verbs (RDMA).
@@ -75,6 +78,8 @@ trait TopicReader {
     /// One poll; true if something happened.
     fn step(&mut self, args: &SubArgs) -> bool;
     fn done(&self) -> bool;
+    /// How the topic ended, as an exit status.
+    fn exit(&self) -> Exit;
     fn finish(&mut self, end: &str) -> (TopicReport, Histogram<u64>);
 }
 
@@ -86,6 +91,7 @@ struct Reader<T: Message> {
     seen: u64,
     count: Option<u64>,
     done: bool,
+    exit: Exit,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -130,6 +136,11 @@ where
         let report = TopicReport {
             topic: topic.to_string(),
             subscriber_id: sub.id(),
+            end: if args.count == Some(0) {
+                "count".into()
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         Ok(Box::new(Reader {
@@ -139,7 +150,9 @@ where
             hist: histogram(),
             seen: 0,
             count: args.count,
-            done: false,
+            // --count 0: connected, and done before reading anything.
+            done: args.count == Some(0),
+            exit: Exit::Ok,
         }))
     }
 }
@@ -202,6 +215,7 @@ where
                     Error::PublisherLost(why) => format!("lost: {why}"),
                     other => format!("error: {other}"),
                 };
+                self.exit = Exit::of(&e);
                 if !args.json {
                     eprintln!("{}: {e}", r.topic);
                 }
@@ -218,6 +232,10 @@ where
 
     fn done(&self) -> bool {
         self.done
+    }
+
+    fn exit(&self) -> Exit {
+        self.exit
     }
 
     fn finish(&mut self, end: &str) -> (TopicReport, Histogram<u64>) {
@@ -248,9 +266,30 @@ fn work_for(d: Duration) {
     }
 }
 
-/// Runs `rdmabus sub`.
-pub fn run(args: SubArgs) -> Result<(), Error> {
+/// Whether this machine has an RDMA device the verbs transport can use; if not, says what to
+/// do (rather than the OS error of listing devices where no RDMA driver is loaded).
+pub fn check_rdma() -> Result<(), Error> {
+    let what = match rdmabus::verbs::device::list() {
+        Ok(gids) if !gids.is_empty() => return Ok(()),
+        Ok(_) => "no RDMA device found with an active port and a GID",
+        Err(_) => "no RDMA device found (no RDMA driver is loaded)",
+    };
+    Err(Error::Config(format!(
+        "{what}: load a NIC's RDMA driver, or Soft-RoCE (`modprobe rdma_rxe && rdma link add \
+         rxe0 type rxe netdev eth0`, README: Soft-RoCE), or use --transport shm on one machine; \
+         see `rdmabus doctor`"
+    )))
+}
+
+/// Runs `rdmabus sub`; the exit status says how the topics ended (the worst of them).
+pub fn run(args: SubArgs) -> Result<Exit, Error> {
     let psk = args.key.load()?;
+    if let Some(cpu) = args.cpu {
+        rdmabus::affinity::check_cpu(cpu)?;
+    }
+    if args.transport == Transport::Verbs {
+        check_rdma()?;
+    }
     let mut readers: Vec<Box<dyn TopicReader>> = Vec::new();
     for topic in &args.topics {
         readers.push(match topic.as_str() {
@@ -269,9 +308,7 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
     if let Some(cpu) = args.cpu {
         rdmabus::affinity::pin_current_thread(cpu)?;
     }
-    let deadline = args
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args.seconds.map(|s| Instant::now() + s);
     let mut rounds = 0u32;
     let end = loop {
         let mut progressed = false;
@@ -279,10 +316,13 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
             progressed |= r.step(&args);
         }
         if readers.iter().all(|r| r.done()) {
-            break "done";
+            break "done".to_string();
+        }
+        if let Some(sig) = crate::signals::stopped() {
+            break format!("signal: {}", crate::signals::name(sig));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            break "seconds";
+            break "seconds".to_string();
         }
         if progressed {
             rounds = 0;
@@ -301,8 +341,11 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
         pid: std::process::id(),
         ..Default::default()
     };
+    let exit = readers
+        .iter()
+        .fold(Exit::Ok, |worst, r| worst.worse(r.exit()));
     for r in readers.iter_mut() {
-        let (t, h) = r.finish(end);
+        let (t, h) = r.finish(&end);
         let _ = all.add(&h);
         report.topics.push(t);
     }
@@ -322,5 +365,5 @@ pub fn run(args: SubArgs) -> Result<(), Error> {
             );
         }
     }
-    Ok(())
+    Ok(exit)
 }

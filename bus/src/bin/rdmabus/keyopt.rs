@@ -12,12 +12,20 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
-    /// Loads the key.
+    /// Loads the key. A key that cannot be read is bad configuration, like a bad one.
     pub fn load(&self) -> Result<Psk, Error> {
         match &self.key_file {
-            Some(f) => Psk::from_file(f),
-            None => Psk::from_env_default()
-                .map_err(|e| Error::Config(format!("{e} (or pass --key-file FILE)"))),
+            Some(f) => Psk::from_file(f).map_err(|e| match e {
+                Error::Io { .. } => Error::Config(e.to_string()),
+                e => e,
+            }),
+            None => Psk::from_env_default().map_err(|e| {
+                let e = match e {
+                    Error::Config(m) => m,
+                    e => e.to_string(),
+                };
+                Error::Config(format!("{e} (or pass --key-file FILE)"))
+            }),
         }
     }
 }

@@ -95,6 +95,32 @@ impl AnyPublisher {
         }
     }
 
+    /// Waits for `n` subscribers, at most `timeout`; false if a signal came first.
+    pub fn wait_for_subscribers_or_signal(
+        &mut self,
+        n: usize,
+        timeout: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if crate::signals::stopped().is_some() {
+                return Ok(false);
+            }
+            match self.wait_for_subscribers(n, std::time::Duration::from_millis(20)) {
+                Ok(()) => return Ok(true),
+                Err(Error::Timeout(_)) if std::time::Instant::now() < deadline => {}
+                Err(Error::Timeout(_)) => {
+                    return Err(Error::Timeout(format!(
+                        "{} of {n} subscribers joined topic {:?} within {timeout:?}",
+                        self.subscriber_count(),
+                        self.topic()
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Connected subscribers.
     pub fn subscriber_count(&mut self) -> usize {
         match self {
