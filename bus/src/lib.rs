@@ -43,7 +43,7 @@ pub use error::Error;
 pub use idle::IdleStrategy;
 pub use policy::Policy;
 pub use psk::Psk;
-pub use publisher::{Loan, Publisher, PublisherBuilder, Written};
+pub use publisher::{Loan, Publisher, PublisherBuilder, Written, DEFAULT_BLOCK_TIMEOUT};
 pub use rdmabus_proto as proto;
 pub use rdmabus_proto::Message;
 pub use stats::{LinkEnd, PublisherStats, SubscriberInfo, SubscriberStats};

@@ -88,8 +88,20 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
             },
         };
     let node = Node::builder().bind(listen).psk(psk.clone()).start()?;
-    let mut quotes = AnyPublisher::new(&node, "quotes", a.policy, IdleStrategy::Yield)?;
-    let mut trades = AnyPublisher::new(&node, "trades", a.policy, IdleStrategy::Yield)?;
+    let mut quotes = AnyPublisher::new(
+        &node,
+        "quotes",
+        a.policy,
+        IdleStrategy::Yield,
+        Some(rdmabus::DEFAULT_BLOCK_TIMEOUT),
+    )?;
+    let mut trades = AnyPublisher::new(
+        &node,
+        "trades",
+        a.policy,
+        IdleStrategy::Yield,
+        Some(rdmabus::DEFAULT_BLOCK_TIMEOUT),
+    )?;
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the rdmabus executable", e))?;
     println!(

@@ -37,6 +37,10 @@ pub struct PubArgs {
     /// after 60 s).
     #[arg(long, default_value_t = 0, value_parser = crate::parse::subscribers)]
     pub wait_subscribers: usize,
+    /// Under block, the longest a subscriber with a full ring may hold the publisher, in
+    /// milliseconds, before it is cut as a slow consumer (0: as long as it stays connected).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub block_timeout_ms: u64,
     /// How to wait when blocked: spin, yield, backoff.
     #[arg(long, default_value = "spin")]
     pub idle: IdleStrategy,
@@ -106,7 +110,11 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
     let mut pubs = args
         .topics
         .iter()
-        .map(|t| AnyPublisher::new(&node, t, args.policy, args.idle))
+        .map(|t| {
+            let budget =
+                (args.block_timeout_ms > 0).then(|| Duration::from_millis(args.block_timeout_ms));
+            AnyPublisher::new(&node, t, args.policy, args.idle, budget)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     eprintln!(
         "publishing {} on {} (policy {:?})",

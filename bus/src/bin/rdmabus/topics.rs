@@ -40,12 +40,14 @@ impl AnyPublisher {
         topic: &str,
         policy: rdmabus::Policy,
         idle: rdmabus::IdleStrategy,
+        block_timeout: Option<std::time::Duration>,
     ) -> Result<Self, Error> {
         Ok(match topic {
             "quotes" => Self::Quotes(
                 node.publisher("quotes")
                     .policy(policy)
                     .idle(idle)
+                    .block_timeout(block_timeout)
                     .max_payload(96)
                     .build()?,
             ),
@@ -53,6 +55,7 @@ impl AnyPublisher {
                 node.publisher("trades")
                     .policy(policy)
                     .idle(idle)
+                    .block_timeout(block_timeout)
                     .max_payload(96)
                     .build()?,
             ),
@@ -60,6 +63,7 @@ impl AnyPublisher {
                 node.publisher("books")
                     .policy(policy)
                     .idle(idle)
+                    .block_timeout(block_timeout)
                     .max_payload(992)
                     .build()?,
             ),
