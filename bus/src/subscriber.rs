@@ -278,7 +278,7 @@ impl<T: Message> SubscriberBuilder<T> {
             Access::Copy => CopyBuf::new(c.geometry.payload_capacity()),
             Access::InPlace | Access::Unchecked => CopyBuf::new(0),
         };
-        Ok(Subscriber {
+        let sub = Subscriber {
             local: c.local,
             geometry: c.geometry,
             credit: CreditReturner::new(c.geometry.slots(), 0),
@@ -302,7 +302,9 @@ impl<T: Message> SubscriberBuilder<T> {
             drain_deadline: None,
             end_reported: (false, false),
             _t: PhantomData,
-        })
+        };
+        sub.counters.entry().set(S::ACTIVE, 1);
+        Ok(sub)
     }
 }
 
@@ -720,6 +722,7 @@ impl<T: Message> Subscriber<T> {
     }
 
     fn ended_error(&self) -> Error {
+        self.counters.entry().set(S::ACTIVE, 0);
         match self.state.ended() {
             Ended::Closed(reason, message) => Error::Closed { reason, message },
             Ended::Lost(why) => Error::PublisherLost(why),

@@ -63,4 +63,21 @@ fn another_process_reads_the_live_counters() {
             100 * round
         );
     }
+    // Connected subscriptions and links say so; a subscription whose publisher left says not.
+    let procs = stat_once();
+    assert_eq!(counter(&procs, "subscription", "stat.q/watcher", 4), 1);
+    assert_eq!(counter(&procs, "link", "stat.q/watcher", 4), 1);
+    drop(p);
+    let end = loop {
+        match s.recv_timeout(Duration::from_secs(5)) {
+            Err(e) => break e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("no end"),
+        }
+    };
+    assert!(matches!(end, rdmabus::Error::Closed { .. }), "{end}");
+    assert_eq!(
+        counter(&stat_once(), "subscription", "stat.q/watcher", 4),
+        0
+    );
 }
