@@ -252,7 +252,11 @@ fn topic_end(report: &Value, topic: &str) -> String {
 fn sigterm_and_sigint_close_pub_in_order() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let dir = ShmDir::new(&format!("pub-sig{sig}"));
-        let (publisher, addr) = publisher(&dir, &["-t", "quotes", "--rate", "2000"]);
+        // The subscriber here stops reading for a while: no stall budget, this is about signals.
+        let (publisher, addr) = publisher(
+            &dir,
+            &["-t", "quotes", "--rate", "2000", "--block-timeout-ms", "0"],
+        );
         let file = dir.wait_for_stats_file(publisher.pid());
         // One subscriber in this process, to see the goodbye itself, and one `rdmabus sub`.
         let mut s = common::subscriber::<Quote>(addr, "quotes", psk())
