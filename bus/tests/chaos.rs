@@ -244,6 +244,10 @@ fn chaos() {
         let good: Vec<Proc> = (0..2)
             .map(|_| spawn_sub(addr, &["--count", &N.to_string(), "--verify"], &shm_dir))
             .collect();
+        // Faults only once everyone has joined (under emulation a join can take seconds):
+        // the publisher's stats file lists its links.
+        let expected = if verbs { 6 } else { 8 };
+        wait_for_links(publisher.pid(), expected, &shm_dir);
         // Faults at random moments of the ~0.3 s stream (and the stall budget after it).
         let t0 = Instant::now();
         let mut order: Vec<usize> = (0..3).collect();
@@ -365,6 +369,36 @@ fn chaos() {
     let _ = std::io::stderr().write_all(table.as_bytes());
     assert!(left.is_empty(), "left behind: {left:?}");
     cleanup_tmpfs(&shm_dir);
+}
+
+/// Waits (up to 60 s) until the publisher process `pid` serves `n` subscribers.
+fn wait_for_links(pid: u32, n: usize, shm_dir: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+            .args(["stat", "--once", "--json", "--pid", &pid.to_string()])
+            .env("RDMABUS_SHM_DIR", shm_dir)
+            .output()
+            .unwrap();
+        let links = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                v[0]["rows"].as_array().map(|rows| {
+                    rows.iter()
+                        .filter(|r| r["kind"] == "link" && r["counters"][4] == 1)
+                        .count()
+                })
+            })
+            .unwrap_or(0);
+        if links >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {links} of {n} subscribers joined"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A 1 MiB tmpfs as the shm directory (root), or a private directory otherwise.

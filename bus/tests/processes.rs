@@ -24,7 +24,7 @@ fn quotes(policy: Policy) -> (Node, rdmabus::Publisher<Quote>) {
 
 fn node() -> Node {
     common::node_builder(psk())
-        .heartbeat(Duration::from_millis(50))
+        .heartbeat(Duration::from_millis(200))
         .start()
         .unwrap()
 }
@@ -367,7 +367,7 @@ fn cross_box_fan_out_over_separate_links_and_devices() {
     let node = rdmabus::Node::builder()
         .bind("10.77.0.1:0")
         .psk(psk())
-        .heartbeat(Duration::from_millis(50))
+        .heartbeat(Duration::from_millis(200))
         .start()
         .unwrap();
     let mut p = node
