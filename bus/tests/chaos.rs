@@ -128,34 +128,10 @@ fn shm_rogue(addr: SocketAddr, bad_credit: bool) {
         std::any::type_name::<Quote>(),
         TransportKind::Shm,
     );
-    let accept = sub.accepted();
-    let geometry = rdmabus::proto::RingGeometry::new(64, accept.slot_size).unwrap();
-    let mut local = rdmabus::shm::ShmLocalRing::create_sealed(geometry).unwrap();
-    sub.hs.auth(
-        Auth {
-            ring: RingDescriptor {
-                slots: 64,
-                slot_size: accept.slot_size,
-            },
-            endpoint: SubEndpoint::Shm,
-        },
-        Instant::now(),
-    );
-    while let Some(f) = sub.hs.poll_transmit() {
-        sub.fs.send_raw(&f).unwrap();
-    }
-    let offer = accept.shm.unwrap();
-    let mut credit = rdmabus::shm::fdpass::exchange(
-        &offer.socket,
-        offer.ticket,
-        &local.fds(),
-        Instant::now() + Duration::from_secs(10),
-    )
-    .unwrap();
-    let ClientEvent::Welcomed(_) = sub.next_event() else {
+    let Some((mut local, credit)) = sub.shm_to_welcome(64) else {
         return;
     };
-    local.attach_credit_fd(credit.pop().unwrap(), 0, 0).unwrap();
+    local.attach_credit_fd(credit, 0, 0).unwrap();
     sub.hs.ready(0);
     let _ = sub.next_event();
     if bad_credit {

@@ -102,34 +102,8 @@ fn a_handshake_that_finishes_after_the_publisher_is_dropped_is_told_at_once() {
         std::any::type_name::<Quote>(),
         TransportKind::Shm,
     );
-    let accept = sub.accepted();
-    // Build a real shm ring as the subscriber does, up to the Welcome.
-    let geometry = rdmabus::proto::RingGeometry::new(64, accept.slot_size).unwrap();
-    let local = rdmabus::shm::ShmLocalRing::create_sealed(geometry).unwrap();
-    sub.hs.auth(
-        Auth {
-            ring: RingDescriptor {
-                slots: 64,
-                slot_size: accept.slot_size,
-            },
-            endpoint: SubEndpoint::Shm,
-        },
-        Instant::now(),
-    );
-    while let Some(f) = sub.hs.poll_transmit() {
-        sub.fs.send_raw(&f).unwrap();
-    }
-    let offer = accept.shm.unwrap();
-    let credit = rdmabus::shm::fdpass::exchange(
-        &offer.socket,
-        offer.ticket,
-        &local.fds(),
-        Instant::now() + Duration::from_secs(5),
-    )
-    .unwrap();
-    let ClientEvent::Welcomed(_) = sub.next_event() else {
-        panic!("no Welcome")
-    };
+    // A real shm ring, handed over, up to the Welcome.
+    let (_local, credit) = sub.shm_to_welcome(64).expect("no Welcome");
     drop(credit);
     // The publisher goes away between Welcome and the subscriber's first heartbeat.
     drop(p);

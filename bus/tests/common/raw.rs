@@ -238,3 +238,42 @@ impl Drop for RawPub {
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+impl RawSub {
+    /// Over shm: builds a real sealed ring of `slots`, sends `Auth`, hands the ring over on
+    /// the publisher's socket, and runs to `Welcome`. Returns the ring and the publisher's
+    /// credit memory (not attached yet); `None` if the publisher refused.
+    pub fn shm_to_welcome(
+        &mut self,
+        slots: u32,
+    ) -> Option<(rdmabus::shm::ShmLocalRing, std::os::fd::OwnedFd)> {
+        let accept = self.accepted();
+        let geometry = rdmabus::proto::RingGeometry::new(slots, accept.slot_size).unwrap();
+        let local = rdmabus::shm::ShmLocalRing::create_sealed(geometry).unwrap();
+        self.hs.auth(
+            Auth {
+                ring: RingDescriptor {
+                    slots,
+                    slot_size: accept.slot_size,
+                },
+                endpoint: SubEndpoint::Shm,
+            },
+            Instant::now(),
+        );
+        while let Some(f) = self.hs.poll_transmit() {
+            self.fs.send_raw(&f).unwrap();
+        }
+        let offer = accept.shm.expect("an shm offer");
+        let mut credit = rdmabus::shm::fdpass::exchange(
+            &offer.socket,
+            offer.ticket,
+            &local.fds(),
+            Instant::now() + Duration::from_secs(10),
+        )
+        .ok()?;
+        match self.next_event() {
+            ClientEvent::Welcomed(_) => Some((local, credit.pop().unwrap())),
+            _ => None,
+        }
+    }
+}
