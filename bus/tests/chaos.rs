@@ -377,7 +377,8 @@ fn wait_for_links(pid: u32, n: usize, shm_dir: &str) {
     }
 }
 
-/// A 1 MiB tmpfs as the shm directory (root), or a private directory otherwise.
+/// A 4 MiB tmpfs as the shm directory (root; room for the stats files of a round and the
+/// ones a SIGKILL leaves until the next process sweeps them), or a private directory.
 fn small_tmpfs() -> String {
     let dir = std::env::temp_dir().join(format!("rdmabus-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -385,7 +386,7 @@ fn small_tmpfs() -> String {
     // SAFETY: geteuid has no arguments.
     if unsafe { libc::geteuid() } == 0 {
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", &d])
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs", &d])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
