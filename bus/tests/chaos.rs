@@ -106,16 +106,8 @@ fn spawn_sub(addr: SocketAddr, extra: &[&str], shm_dir: &str) -> Proc {
 }
 
 /// The report of a good subscriber, whatever its exit status (a lost publisher is not 0).
-fn report(mut p: Proc, timeout: Duration) -> serde_json::Value {
-    let mut child = p.0.take().unwrap();
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "a good subscriber did not end");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"))
+fn report(p: Proc, timeout: Duration) -> serde_json::Value {
+    common::parse_report(&p.finish(timeout).1)
 }
 
 /// A shm rogue that joins, then lies about its consumed position (`bad_credit`) or tries to

@@ -41,8 +41,8 @@ impl Proc {
         c.wait().unwrap();
     }
 
-    /// Waits for exit and parses the JSON report it printed on stdout.
-    pub fn report(mut self, timeout: Duration) -> Value {
+    /// Waits (up to `timeout`) for exit; returns its status and what it printed on stdout.
+    pub fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
         let mut child = self.0.take().unwrap();
         let deadline = Instant::now() + timeout;
         while child.try_wait().unwrap().is_none() {
@@ -59,58 +59,42 @@ impl Proc {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
-        let status = child.wait().unwrap();
+        (child.wait().unwrap(), out)
+    }
+
+    /// Waits for a successful exit and parses the JSON report it printed on stdout.
+    pub fn report(self, timeout: Duration) -> Value {
+        let (status, out) = self.finish(timeout);
         assert!(
             status.success(),
             "process exited with {status}; stdout: {out}"
         );
-        let report: Value =
-            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"));
-        // Every subscriber process ran over the transport this suite is testing.
-        assert_eq!(
-            report["transport"],
-            transport_arg(),
-            "subscriber ran over another transport"
-        );
-        report
+        parse_report(&out)
     }
-}
 
-impl Proc {
     /// Like [`Proc::report`], for a process that must exit with status `code` (see
     /// `rdmabus --help`: 3 publisher lost, 5 cut as a slow consumer, ...).
-    pub fn report_with_code(mut self, timeout: Duration, code: i32) -> Value {
-        let mut child = self.0.take().unwrap();
-        let deadline = Instant::now() + timeout;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("process {} did not finish within {timeout:?}", child.id());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let status = child.wait().unwrap();
+    pub fn report_with_code(self, timeout: Duration, code: i32) -> Value {
+        let (status, out) = self.finish(timeout);
         assert_eq!(
             status.code(),
             Some(code),
             "process exited with {status}; stdout: {out}"
         );
-        let report: Value =
-            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"));
-        assert_eq!(
-            report["transport"],
-            transport_arg(),
-            "subscriber ran over another transport"
-        );
-        report
+        parse_report(&out)
     }
+}
+
+/// A `sub --json` report; every subscriber process ran over the transport this suite tests.
+pub fn parse_report(out: &str) -> Value {
+    let report: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report {out:?}: {e}"));
+    assert_eq!(
+        report["transport"],
+        transport_arg(),
+        "subscriber ran over another transport"
+    );
+    report
 }
 
 /// Starts `rdmabus sub --json` against `addr` with extra arguments (split on spaces).
