@@ -35,7 +35,7 @@ pub mod shm;
 mod stats;
 pub mod stats_file;
 mod subscriber;
-mod transport;
+pub mod transport;
 pub mod verbs;
 
 pub use control::node::{Node, NodeBuilder, NodeEvent};

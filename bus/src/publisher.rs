@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SLOT_SIZE: u32 = 1024;
 /// Default number of staging slots.
 pub const DEFAULT_STAGING_SLOTS: u32 = 64;
+/// Longest the publisher's close waits for writes in flight, over all its subscribers.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 /// Default stall budget of a Block subscriber ([`PublisherBuilder::block_timeout`]).
 pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Departed subscribers whose last counters `stats()` keeps (the oldest go first).
@@ -428,6 +430,16 @@ impl<T> Publisher<T> {
             self.topic.closed.store(true, Ordering::Release);
         }
         self.adopt_pending();
+        // Writes still in flight land before the goodbye that names the stream's end
+        // (bounded: a link that cannot flush in time is closed anyway).
+        let deadline = Instant::now() + CLOSE_FLUSH;
+        for link in &mut self.links {
+            if link.state.is_active() {
+                if let Err(e) = link.ring.flush(deadline) {
+                    tracing::warn!(id = link.id, name = ?link.name, "writes in flight at close did not complete: {e}");
+                }
+            }
+        }
         for link in &self.links {
             link.close(GoodbyeReason::Shutdown, "publisher closed the topic".into());
         }
@@ -522,58 +534,33 @@ fn deliver(
     if !link.state.is_active() {
         return false;
     }
-    if link.credit.available() == 0 {
-        if let Err(e) = link.credit.update(link.ring.consumed()) {
-            link.fail(format!("bad credit: {e}"));
+    match ready(link) {
+        Ok(true) => {}
+        Err(why) => {
+            link.fail(why);
             return false;
         }
-    }
-    if link.credit.available() == 0 {
-        link.counters.entry().add(L::CREDIT_STALLS, 1);
-        match policy {
-            Policy::Block => {
-                let mut rounds = 0u32;
-                // The clock is read only while stalled, and then only every 1024 rounds.
-                let started = Instant::now();
-                while link.credit.available() == 0 {
-                    if !link.state.is_active() {
-                        return false;
-                    }
-                    if rounds & 1023 == 1023 {
-                        if let Some(budget) = block_timeout {
-                            if started.elapsed() > budget {
-                                link.counters.entry().add(L::STALL_CUTS, 1);
-                                let why = format!(
-                                    "held the publisher for more than {budget:?} with a full \
-                                     ring of {} slots at sequence {seq}: slow consumer",
-                                    link.geometry.slots()
-                                );
-                                tracing::warn!(id = link.id, name = ?link.name, "cutting subscriber loose: {why}");
-                                link.close(GoodbyeReason::SlowConsumer, why);
-                                return false;
-                            }
-                        }
-                    }
-                    idle.idle(rounds);
-                    rounds = rounds.saturating_add(1);
-                    if let Err(e) = link.credit.update(link.ring.consumed()) {
-                        link.fail(format!("bad credit: {e}"));
+        Ok(false) => {
+            link.counters.entry().add(L::CREDIT_STALLS, 1);
+            match policy {
+                Policy::Block => {
+                    if !wait_ready(link, idle, block_timeout, seq) {
                         return false;
                     }
                 }
-            }
-            Policy::Drop => {
-                link.dropped_pending += 1;
-                link.counters.entry().add(L::DROPPED, 1);
-                return true;
-            }
-            Policy::Disconnect => {
-                let why = format!(
-                    "ring of {} slots full at sequence {seq}: slow consumer",
-                    link.geometry.slots()
-                );
-                link.close(GoodbyeReason::SlowConsumer, why);
-                return false;
+                Policy::Drop => {
+                    link.dropped_pending += 1;
+                    link.counters.entry().add(L::DROPPED, 1);
+                    return true;
+                }
+                Policy::Disconnect => {
+                    let why = format!(
+                        "no room for sequence {seq} (ring of {} slots full): slow consumer",
+                        link.geometry.slots()
+                    );
+                    link.close(GoodbyeReason::SlowConsumer, why);
+                    return false;
+                }
             }
         }
     }
@@ -590,6 +577,62 @@ fn deliver(
     link.next_unsent = seq.wrapping_add(1);
     link.counters.entry().add(L::SENT, 1);
     true
+}
+
+/// Whether `link` can take a message now: credit in its ring (re-read from its credit word
+/// only when the cached view says none) and room in its transport. `Err` ends the link.
+#[inline]
+fn ready(link: &mut Link) -> Result<bool, String> {
+    if link.credit.available() == 0 {
+        link.credit
+            .update(link.ring.consumed())
+            .map_err(|e| format!("bad credit: {e}"))?;
+        if link.credit.available() == 0 {
+            return Ok(false);
+        }
+    }
+    link.ring
+        .has_room()
+        .map_err(|e| format!("transport error: {e}"))
+}
+
+/// Block: waits until `link` is ready, it ends, or it held the publisher past the stall
+/// budget (then it is cut as a slow consumer and counted). True when it is ready.
+#[cold]
+fn wait_ready(link: &mut Link, idle: IdleStrategy, budget: Option<Duration>, seq: u64) -> bool {
+    let mut rounds = 0u32;
+    // The clock is read only while stalled, and then only every 1024 rounds.
+    let started = Instant::now();
+    loop {
+        if !link.state.is_active() {
+            return false;
+        }
+        if rounds & 1023 == 1023 {
+            if let Some(budget) = budget {
+                if started.elapsed() > budget {
+                    link.counters.entry().add(L::STALL_CUTS, 1);
+                    let why = format!(
+                        "held the publisher for more than {budget:?} without room for sequence \
+                         {seq} (ring of {} slots): slow consumer",
+                        link.geometry.slots()
+                    );
+                    tracing::warn!(id = link.id, name = ?link.name, "cutting subscriber loose: {why}");
+                    link.close(GoodbyeReason::SlowConsumer, why);
+                    return false;
+                }
+            }
+        }
+        idle.idle(rounds);
+        rounds = rounds.saturating_add(1);
+        match ready(link) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(why) => {
+                link.fail(why);
+                return false;
+            }
+        }
+    }
 }
 
 impl<T> Drop for Publisher<T> {

@@ -41,6 +41,21 @@ pub trait RemoteRing: Send {
     /// The consumed position the subscriber last wrote into this link's credit word.
     fn consumed(&self) -> u64;
 
+    /// Whether the transport can take a write now, besides the ring's credit (over verbs:
+    /// room in the send queue). The publisher treats `false` as "no credit". Must not
+    /// allocate or block.
+    fn has_room(&mut self) -> Result<bool, Error> {
+        Ok(true)
+    }
+
+    /// Waits, until `deadline` at most, for every write made so far to have landed in the
+    /// subscriber's ring (over verbs: completed by the NIC). Transports that copy
+    /// synchronously have nothing to wait for.
+    fn flush(&mut self, deadline: std::time::Instant) -> Result<(), Error> {
+        let _ = deadline;
+        Ok(())
+    }
+
     /// Waits until no posted write still reads staging slot `staging_slot`, so it can be
     /// reused. Transports that copy synchronously have nothing to wait for.
     fn reclaim(&mut self, staging_slot: u32) -> Result<(), Error> {

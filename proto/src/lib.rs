@@ -2,7 +2,8 @@
 //!
 //! - [`slot`]: the header stamped in front of every message in a ring slot.
 //! - [`geometry`]: ring geometry (power-of-two slots, slot size, alignment) and index math.
-//! - [`credit`]: flow-control accounting on both ends.
+//! - [`credit`]: flow-control accounting on both ends; [`credit_word`]: the verbs credit
+//!   word's torn-read-proof format.
 //! - [`gap`]: sequence tracking and gap detection, wrap-around safe.
 //! - [`frame`], [`handshake`], [`auth`]: the control-plane messages and their validation.
 //! - [`codec`]: zero-allocation serialize-in-place and validated access of rkyv messages.
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod bench;
 pub mod codec;
 pub mod credit;
+pub mod credit_word;
 pub mod frame;
 pub mod gap;
 pub mod geometry;

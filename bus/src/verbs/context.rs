@@ -1,4 +1,4 @@
-//! An open device context (rdma-sys), with its port 1 attributes.
+//! An open device context (rdma-sys), with its port 1 attributes and the device's limits.
 
 use super::os_error;
 use crate::Error;
@@ -15,6 +15,19 @@ pub struct Context {
     pub lid: u16,
     /// Active MTU of port 1.
     pub active_mtu: ibv_mtu::Type,
+    /// What the device can hold (`ibv_query_device`).
+    pub limits: DeviceLimits,
+}
+
+/// The device limits a ring geometry must fit (from `ibv_query_device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// Work requests one queue of a QP may hold.
+    pub max_qp_wr: u32,
+    /// Entries one completion queue may hold.
+    pub max_cqe: u32,
+    /// Bytes one memory region may span.
+    pub max_mr_size: u64,
 }
 
 // SAFETY: libibverbs contexts may be used from any thread; we never alias the pointer mutably.
@@ -53,13 +66,25 @@ impl Context {
         let mut attr: ibv_port_attr = unsafe { std::mem::zeroed() };
         // SAFETY: ctx is an open context and attr a writable ibv_port_attr.
         let rc = unsafe { ___ibv_query_port(ctx, PORT, &mut attr) };
+        // SAFETY: zeroed ibv_device_attr is a valid value to be filled in by the query.
+        let mut dev: ibv_device_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: ctx is an open context and dev a writable ibv_device_attr.
+        let dev_rc = unsafe { ibv_query_device(ctx, &mut dev) };
         let this = Self {
             ctx,
             lid: attr.lid,
             active_mtu: attr.active_mtu,
+            limits: DeviceLimits {
+                max_qp_wr: dev.max_qp_wr.max(0) as u32,
+                max_cqe: dev.max_cqe.max(0) as u32,
+                max_mr_size: dev.max_mr_size,
+            },
         };
         if rc != 0 {
             return Err(super::errno_error("ibv_query_port", rc));
+        }
+        if dev_rc != 0 {
+            return Err(super::errno_error("ibv_query_device", dev_rc));
         }
         if attr.state != ibv_port_state::IBV_PORT_ACTIVE {
             return Err(Error::Config(format!(

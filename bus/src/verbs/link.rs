@@ -9,12 +9,15 @@ use super::pd::Pd;
 use super::qp::{Qp, QpCaps, Sge};
 use crate::transport::RemoteRing;
 use crate::Error;
-use rdma_sys::{ibv_access_flags as A, ibv_wc, ibv_wc_status};
+use rdma_sys::{ibv_access_flags as A, ibv_qp_state, ibv_wc, ibv_wc_status};
+use rdmabus_proto::credit_word::{self, CREDIT_WORD_LEN};
 use rdmabus_proto::handshake::VerbsEndpoint;
 use rdmabus_proto::slot::HEADER_LEN;
 use rdmabus_proto::{RingGeometry, SlotHeader};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Send queue depth per subscriber.
 const SQ_DEPTH: u32 = 256;
@@ -22,6 +25,13 @@ const SQ_DEPTH: u32 = 256;
 const SIGNAL_EVERY: u64 = 32;
 /// Inline data asked of the device.
 const INLINE: u32 = 256;
+/// Longest a write or a reclaim waits for this subscriber's QP to complete work (its NIC
+/// acknowledges, or the QP fails when its retries run out, well within this).
+pub const VERBS_WAIT: Duration = Duration::from_secs(2);
+/// Longest the link's drop waits for posted writes before destroying the QP.
+const DROP_FLUSH: Duration = Duration::from_millis(100);
+/// Spins between two looks at the clock and the QP's state while waiting.
+const CHECK_EVERY: u32 = 1024;
 
 /// The publisher's staging ring, as the verbs link needs to register it.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +60,8 @@ pub struct VerbsRemoteRing {
     last_signaled: u64,
     slot_wr: Vec<u64>,
     wc: [ibv_wc; 16],
+    /// The last credit word that passed its check (a torn read keeps this one).
+    last_consumed: Cell<u64>,
 }
 
 impl VerbsRemoteRing {
@@ -94,6 +106,8 @@ impl VerbsRemoteRing {
             64,
             A::IBV_ACCESS_LOCAL_WRITE | A::IBV_ACCESS_REMOTE_WRITE,
         )?;
+        // SAFETY: the region is 64 page-aligned bytes we own; no peer is connected yet.
+        unsafe { std::ptr::write_volatile(credit.addr() as *mut [u64; 2], credit_word::encode(0)) };
         // SAFETY: the staging ring belongs to the Publisher, which owns this link and drops its
         // links before its staging memory (field order), so the memory outlives the Mr.
         let staging_mr = unsafe {
@@ -119,6 +133,7 @@ impl VerbsRemoteRing {
             last_signaled: 0,
             slot_wr: vec![0; slots],
             wc: std::array::from_fn(|_| empty_wc()),
+            last_consumed: Cell::new(0),
         })
     }
 
@@ -126,8 +141,11 @@ impl VerbsRemoteRing {
     /// zero-based registration) unless the device refused one (then its virtual address).
     /// The staging ring is never announced: only this side's work requests name it.
     pub fn endpoint(&self) -> VerbsEndpoint {
-        self.qp
-            .endpoint(self.credit.remote_addr(), self.credit.rkey(), 8)
+        self.qp.endpoint(
+            self.credit.remote_addr(),
+            self.credit.rkey(),
+            CREDIT_WORD_LEN as u64,
+        )
     }
 
     /// Connects the QP to the subscriber's.
@@ -167,6 +185,43 @@ impl VerbsRemoteRing {
         self.last_signaled = self.posted;
         Ok(())
     }
+
+    /// Waits until every work request up to `needed` has completed: reaping, posting a
+    /// signaled write when nothing signaled covers it, and every [`CHECK_EVERY`] rounds
+    /// looking at the QP's state and the clock. Fails if the QP left RTS or `deadline`
+    /// passed, so no subscriber can hold its publisher here for longer.
+    fn wait_completed(&mut self, needed: u64, deadline: Instant, what: &str) -> Result<(), Error> {
+        let mut rounds = 0u32;
+        while self.completed < needed {
+            if self.last_signaled < needed && self.posted - self.completed < SQ_DEPTH as u64 {
+                self.signaled_post()?;
+            }
+            self.reap()?;
+            rounds = rounds.wrapping_add(1);
+            if rounds % CHECK_EVERY == 0 && self.completed < needed {
+                self.health()?;
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout(format!(
+                        "{what}: the subscriber's QP completed {} of {needed} work requests \
+                         in time",
+                        self.completed
+                    )));
+                }
+                std::hint::spin_loop();
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails unless the QP is still ready to send.
+    pub fn health(&self) -> Result<(), Error> {
+        match self.qp.state()? {
+            ibv_qp_state::IBV_QPS_RTS => Ok(()),
+            s => Err(Error::Protocol(format!(
+                "the subscriber's QP is in state {s}, not RTS"
+            ))),
+        }
+    }
 }
 
 impl RemoteRing for VerbsRemoteRing {
@@ -178,11 +233,10 @@ impl RemoteRing for VerbsRemoteRing {
         payload: &[u8],
         imm: u32,
     ) -> Result<(), Error> {
-        while self.posted - self.completed >= SQ_DEPTH as u64 - 2 {
-            if self.last_signaled <= self.completed {
-                self.signaled_post()?;
-            }
-            self.reap()?;
+        if self.posted - self.completed >= SQ_DEPTH as u64 - 2 {
+            // The publisher asks `has_room` first, so this is a safety net, bounded.
+            let needed = self.posted + 3 - SQ_DEPTH as u64;
+            self.wait_completed(needed, Instant::now() + VERBS_WAIT, "send queue full")?;
         }
         let total = HEADER_LEN + payload.len();
         let inline = total as u32 <= self.qp.max_inline();
@@ -244,22 +298,61 @@ impl RemoteRing for VerbsRemoteRing {
     }
 
     #[inline]
+    fn has_room(&mut self) -> Result<bool, Error> {
+        if self.posted - self.completed < SQ_DEPTH as u64 - 2 {
+            return Ok(true);
+        }
+        // Full: make sure something signaled is in flight (there is room for it), then reap.
+        if self.last_signaled <= self.completed {
+            self.signaled_post()?;
+        }
+        self.reap()?;
+        Ok(self.posted - self.completed < SQ_DEPTH as u64 - 2)
+    }
+
+    #[inline]
     fn consumed(&self) -> u64 {
+        let at = self.credit.addr() as *const u64;
         // SAFETY: the credit region is 64 bytes, page-aligned, alive as long as self; the
-        // subscriber's NIC writes it whole, and every CPU access to it is atomic.
-        unsafe { &*(self.credit.addr() as *const AtomicU64) }.load(Ordering::Acquire)
+        // subscriber's NIC may be writing it right now, so it is read with volatile loads and
+        // never through a reference; a torn pair fails its check below.
+        let words = unsafe {
+            [
+                std::ptr::read_volatile(at),
+                std::ptr::read_volatile(at.add(1)),
+            ]
+        };
+        // The subscriber's reads of the slots it released happened before its write; ours of
+        // the position happen before we reuse them.
+        fence(Ordering::Acquire);
+        if let Some(v) = credit_word::decode(words) {
+            self.last_consumed.set(v);
+        }
+        self.last_consumed.get()
     }
 
     fn reclaim(&mut self, staging_slot: u32) -> Result<(), Error> {
         let Some(&needed) = self.slot_wr.get(staging_slot as usize) else {
             return Ok(());
         };
-        while self.completed < needed {
-            if self.last_signaled < needed {
-                self.signaled_post()?;
-            }
-            self.reap()?;
+        if self.completed >= needed {
+            return Ok(());
         }
-        Ok(())
+        self.wait_completed(needed, Instant::now() + VERBS_WAIT, "staging slot in use")
+    }
+
+    fn flush(&mut self, deadline: Instant) -> Result<(), Error> {
+        let needed = self.posted;
+        self.wait_completed(needed, deadline, "flushing the send queue")
+    }
+}
+
+impl Drop for VerbsRemoteRing {
+    fn drop(&mut self) {
+        // Let writes in flight land before the QP goes (a NIC executes them asynchronously);
+        // bounded, and quiet: a link that failed has nothing more to deliver.
+        if self.posted > self.completed {
+            let _ = self.flush(Instant::now() + DROP_FLUSH);
+        }
     }
 }

@@ -10,14 +10,22 @@ use super::qp::{Qp, QpCaps, Sge};
 use crate::transport::LocalRing;
 use crate::Error;
 use rdma_sys::{ibv_access_flags as A, ibv_wc, ibv_wc_opcode, ibv_wc_status};
+use rdmabus_proto::credit_word::{self, CREDIT_WORD_LEN};
 use rdmabus_proto::handshake::VerbsEndpoint;
 use rdmabus_proto::RingGeometry;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Send queue depth for credit writes.
 const SQ_DEPTH: u32 = 64;
 /// One credit write in this many is signaled.
 const SIGNAL_EVERY: u64 = 16;
+/// Completion queue entries beyond one per slot.
+pub(super) const CQ_SPARE: u32 = 16;
+/// Longest wait for the send queue to take another credit write (the publisher's NIC
+/// acknowledges within its retry budget, or the QP fails).
+const CREDIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The subscriber's ring and completion queues over verbs.
 pub struct VerbsLocalRing {
@@ -43,8 +51,9 @@ impl VerbsLocalRing {
     /// for every slot.
     pub fn create(choice: &Choice, geometry: RingGeometry) -> Result<Self, Error> {
         let ctx = Arc::new(Context::open(&choice.device)?);
+        super::check_geometry(&choice.device, &ctx.limits, geometry)?;
         let pd = Pd::new(ctx.clone())?;
-        let recv_cq = Cq::new(ctx.clone(), geometry.slots() as i32 + 16)?;
+        let recv_cq = Cq::new(ctx.clone(), (geometry.slots() + CQ_SPARE) as i32)?;
         let send_cq = Cq::new(ctx, SQ_DEPTH as i32 + 16)?;
         let caps = QpCaps {
             send: SQ_DEPTH,
@@ -65,7 +74,11 @@ impl VerbsLocalRing {
             geometry.ring_bytes(),
             A::IBV_ACCESS_LOCAL_WRITE | A::IBV_ACCESS_REMOTE_WRITE,
         )?;
-        let credit_src = Mr::alloc(pd, SQ_DEPTH as usize * 8, A::IBV_ACCESS_LOCAL_WRITE)?;
+        let credit_src = Mr::alloc(
+            pd,
+            SQ_DEPTH as usize * CREDIT_WORD_LEN,
+            A::IBV_ACCESS_LOCAL_WRITE,
+        )?;
         Ok(Self {
             qp,
             recv_cq,
@@ -97,9 +110,9 @@ impl VerbsLocalRing {
 
     /// Connects to the publisher's QP, whose credit word `remote` names.
     pub fn connect(&mut self, remote: &VerbsEndpoint) -> Result<(), Error> {
-        if remote.len < 8 {
+        if remote.len < CREDIT_WORD_LEN as u64 {
             return Err(Error::Protocol(format!(
-                "publisher's credit word is {} bytes, need 8",
+                "publisher's credit word is {} bytes, need {CREDIT_WORD_LEN}",
                 remote.len
             )));
         }
@@ -178,25 +191,40 @@ impl LocalRing for VerbsLocalRing {
         let Some((addr, rkey)) = self.credit_target else {
             return Ok(());
         };
+        let mut rounds = 0u32;
+        let mut started = None;
         while self.sends_posted - self.sends_done >= SQ_DEPTH as u64 - 2 {
             if self.last_signaled <= self.sends_done {
                 // Nothing signaled is pending: the next post must be.
                 break;
             }
             self.reap_sends()?;
+            rounds = rounds.wrapping_add(1);
+            if rounds % 1024 == 0 {
+                let started = *started.get_or_insert_with(Instant::now);
+                if started.elapsed() > CREDIT_WAIT {
+                    return Err(Error::PublisherLost(format!(
+                        "the publisher's NIC acknowledged no credit write for {CREDIT_WAIT:?}"
+                    )));
+                }
+            }
         }
-        let at = (self.sends_posted % SQ_DEPTH as u64) as usize * 8;
-        // SAFETY: `at + 8` lies inside credit_src (SQ_DEPTH words); its previous user is
-        // complete because fewer than SQ_DEPTH writes are in flight.
+        let at = (self.sends_posted % SQ_DEPTH as u64) as usize * CREDIT_WORD_LEN;
+        // SAFETY: `at + 16` lies inside credit_src (SQ_DEPTH words of 16 bytes); its previous
+        // user is complete because fewer than SQ_DEPTH writes are in flight.
         let src = unsafe { self.credit_src.addr().add(at) };
-        // SAFETY: as above; 8-aligned because `at` is a multiple of 8 in a page-aligned region.
-        unsafe { std::ptr::write(src as *mut u64, consumed.to_le()) };
-        let inline = self.qp.max_inline() >= 8;
+        // Everything read from the slots being released happens before the publisher can see
+        // the position (and reuse them): the post's doorbell follows this store.
+        fence(Ordering::Release);
+        // SAFETY: as above; 16-aligned because `at` is a multiple of 16 in a page-aligned
+        // region that only this thread and (after the post) the NIC touch.
+        unsafe { std::ptr::write(src as *mut [u64; 2], credit_word::encode(consumed)) };
+        let inline = self.qp.max_inline() >= CREDIT_WORD_LEN as u32;
         let signaled = self.sends_posted % SIGNAL_EVERY == SIGNAL_EVERY - 1
             || self.sends_posted - self.sends_done >= SQ_DEPTH as u64 - 4;
         let sge = Sge {
             addr: src,
-            len: 8,
+            len: CREDIT_WORD_LEN as u32,
             lkey: self.credit_src.lkey(),
         };
         self.qp.post_write(

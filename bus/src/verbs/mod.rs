@@ -17,11 +17,13 @@ mod mr;
 mod pd;
 mod qp;
 
+pub use context::DeviceLimits;
 pub use device::{choose, Choice};
 pub use link::VerbsRemoteRing;
 pub use local::VerbsLocalRing;
 
 use crate::Error;
+use rdmabus_proto::RingGeometry;
 
 /// A verbs call failed: `what`, with errno.
 pub(crate) fn os_error(what: &str) -> Error {
@@ -58,6 +60,51 @@ pub(crate) fn random_psn() -> u32 {
     let mut b = [0u8; 4];
     getrandom::getrandom(&mut b).expect("OS random source");
     u32::from_le_bytes(b) & 0x00ff_ffff
+}
+
+/// The limits of device `name` (`ibv_query_device`).
+pub fn limits(name: &str) -> Result<DeviceLimits, Error> {
+    Ok(context::Context::open(name)?.limits)
+}
+
+/// Whether a subscriber's ring of `geometry` fits device `device` with limits `limits`: one
+/// receive per slot on its QP and its completion queue, and the ring as one memory region.
+/// A ring that does not fit is refused with the limit it passes, before any verbs object is
+/// made (the device itself would say only `Invalid argument`).
+pub fn check_geometry(
+    device: &str,
+    limits: &DeviceLimits,
+    geometry: RingGeometry,
+) -> Result<(), Error> {
+    let slots = geometry.slots() as u64;
+    let too_big = |what: String| {
+        Err(Error::Config(format!(
+            "a ring of {slots} slots of {} bytes does not fit RDMA device {device:?}: {what}; \
+             use fewer slots",
+            geometry.slot_size()
+        )))
+    };
+    if slots > limits.max_qp_wr as u64 {
+        return too_big(format!(
+            "it takes one receive per slot, the device allows {} per queue (max_qp_wr)",
+            limits.max_qp_wr
+        ));
+    }
+    if slots + local::CQ_SPARE as u64 > limits.max_cqe as u64 {
+        return too_big(format!(
+            "its completion queue needs {} entries, the device allows {} (max_cqe)",
+            slots + local::CQ_SPARE as u64,
+            limits.max_cqe
+        ));
+    }
+    if geometry.ring_bytes() as u64 > limits.max_mr_size {
+        return too_big(format!(
+            "it spans {} bytes, the device registers at most {} (max_mr_size)",
+            geometry.ring_bytes(),
+            limits.max_mr_size
+        ));
+    }
+    Ok(())
 }
 
 /// Active MTU, in bytes, of port 1 of device `name`.

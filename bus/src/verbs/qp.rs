@@ -4,11 +4,18 @@
 use super::context::PORT;
 use super::cq::Cq;
 use super::pd::Pd;
-use super::{errno_error, mtu_bytes, mtu_enum, os_error, random_psn};
+use super::{errno_error, mtu_bytes, mtu_enum, random_psn};
 use crate::Error;
 use rdma_sys::*;
 use rdmabus_proto::handshake::VerbsEndpoint;
 use std::sync::Arc;
+
+/// Local ACK timeout exponent (4.096 µs × 2^n).
+pub const ACK_TIMEOUT: u8 = 14;
+/// Transport retries before a work request fails (at most 7, which is not "forever").
+pub const RETRY_COUNT: u8 = 6;
+/// Receiver-not-ready retries before a work request fails (7 would be "forever").
+pub const RNR_RETRY: u8 = 6;
 
 /// Sizes asked for at creation.
 #[derive(Clone, Copy, Debug)]
@@ -70,13 +77,33 @@ impl Qp {
         // SAFETY: pd and cq are live; attr is fully initialised.
         let mut qp = unsafe { ibv_create_qp(pd.pd, &mut attr) };
         if qp.is_null() && caps.inline > 0 {
-            // Some devices refuse large inline sizes: retry without inline data.
+            // Some devices refuse large inline sizes: retry without inline data, and if that
+            // fails too, report the first refusal (the real cause) as well as the second.
+            let first = std::io::Error::last_os_error();
             attr.cap.max_inline_data = 0;
             // SAFETY: as above.
             qp = unsafe { ibv_create_qp(pd.pd, &mut attr) };
+            if qp.is_null() {
+                let second = std::io::Error::last_os_error();
+                return Err(Error::io(
+                    format!(
+                        "verbs: ibv_create_qp (send {} / receive {} work requests, inline {} \
+                         bytes) failed with {first}; without inline data it failed with",
+                        caps.send, caps.recv, caps.inline
+                    ),
+                    second,
+                ));
+            }
+            tracing::debug!(inline = caps.inline, error = %first, "verbs: inline data refused; QP created without it");
         }
         if qp.is_null() {
-            return Err(os_error("ibv_create_qp"));
+            return Err(Error::io(
+                format!(
+                    "verbs: ibv_create_qp (send {} / receive {} work requests)",
+                    caps.send, caps.recv
+                ),
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(Self {
             qp,
@@ -86,6 +113,28 @@ impl Qp {
             gid,
             pd,
         })
+    }
+
+    /// The QP's current state (`ibv_query_qp`; a system call on most providers, so only for
+    /// waits, never per message).
+    pub fn state(&self) -> Result<ibv_qp_state::Type, Error> {
+        // SAFETY: zeroed attributes are valid values for the query to fill in.
+        let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut init: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: qp is live; attr and init are writable.
+        let rc = unsafe {
+            ibv_query_qp(
+                self.qp,
+                &mut attr,
+                ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+                &mut init,
+            )
+        };
+        if rc != 0 {
+            return Err(errno_error("ibv_query_qp", rc));
+        }
+        Ok(attr.qp_state)
     }
 
     /// Largest payload that can be sent inline.
@@ -170,9 +219,12 @@ impl Qp {
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_RTS;
         a.sq_psn = self.psn;
-        a.timeout = 14;
-        a.retry_cnt = 7;
-        a.rnr_retry = 7;
+        // Finite retries (7 would mean forever): a peer that stops acknowledging or stops
+        // posting receives fails this QP's work requests with RETRY_EXC / RNR_RETRY_EXC
+        // instead of holding its sender. 14 is 4.096 µs × 2^14 ≈ 67 ms per transport retry.
+        a.timeout = ACK_TIMEOUT;
+        a.retry_cnt = RETRY_COUNT;
+        a.rnr_retry = RNR_RETRY;
         a.max_rd_atomic = 1;
         self.modify(
             &mut a,
