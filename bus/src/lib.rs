@@ -47,5 +47,5 @@ pub use publisher::{Loan, Publisher, PublisherBuilder, Written, DEFAULT_BLOCK_TI
 pub use rdmabus_proto as proto;
 pub use rdmabus_proto::Message;
 pub use stats::{LinkEnd, PublisherStats, SubscriberInfo, SubscriberStats};
-pub use subscriber::{Access, Event, Received, Subscriber, SubscriberBuilder};
+pub use subscriber::{Access, Event, HistoryRequest, Received, Subscriber, SubscriberBuilder};
 pub use transport::Transport;

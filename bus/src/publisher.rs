@@ -11,6 +11,7 @@ use memmap2::MmapMut;
 use rdmabus_proto::codec;
 use rdmabus_proto::credit::CreditTracker;
 use rdmabus_proto::handshake::{check_topic, GoodbyeReason, StreamEnd};
+use rdmabus_proto::history::{staging_slots_for, Window};
 use rdmabus_proto::slot::{imm_of, HEADER_LEN};
 use rdmabus_proto::{RingGeometry, SlotHeader};
 use std::marker::PhantomData;
@@ -41,6 +42,7 @@ pub struct PublisherBuilder<T> {
     max_subscribers: u32,
     max_ring_bytes: u64,
     block_timeout: Option<Duration>,
+    history: u64,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -57,8 +59,24 @@ impl<T: Message> PublisherBuilder<T> {
             max_subscribers: crate::control::limits::DEFAULT_MAX_SUBSCRIBERS,
             max_ring_bytes: crate::control::limits::DEFAULT_MAX_RING_BYTES,
             block_timeout: Some(DEFAULT_BLOCK_TIMEOUT),
+            history: 0,
             _t: PhantomData,
         }
+    }
+
+    /// Keeps the last `n` messages of the topic (default 0: none), serialized, in the
+    /// staging ring (sized up to hold them; over verbs it is already registered, so a replay
+    /// is one more RDMA write). A subscriber that asks for history
+    /// ([`crate::SubscriberBuilder::history`]) gets them first, then the live stream, with no
+    /// gap and no duplicate at the seam. Under [`Policy::Drop`] a subscriber that falls behind
+    /// by less than `n` is fed from the history once its credit returns instead of losing
+    /// messages; only what left the history first is reported as a gap. Under
+    /// [`Policy::Block`] and [`Policy::Disconnect`] a subscriber behind within the history
+    /// (a late joiner catching up) does not hold or get cut; the policy applies when its lag
+    /// reaches `n`.
+    pub fn history(mut self, n: u64) -> Self {
+        self.history = n;
+        self
     }
 
     /// Under [`Policy::Block`], the longest one `send()` waits for one subscriber's credit
@@ -124,8 +142,12 @@ impl<T: Message> PublisherBuilder<T> {
             }
             (None, None) => DEFAULT_SLOT_SIZE,
         };
-        let staging = RingGeometry::new(self.staging_slots, slot_size)
-            .map_err(|e| Error::Config(format!("staging ring: {e}")))?;
+        let staging_slots =
+            staging_slots_for(self.history, self.staging_slots).ok_or_else(|| {
+                Error::Config(format!("history of {} messages: too large", self.history))
+            })?;
+        let staging = RingGeometry::new(staging_slots, slot_size)
+            .map_err(|e| Error::Config(format!("staging ring (history {}): {e}", self.history)))?;
         let memory = MmapMut::map_anon(staging.ring_bytes())
             .map_err(|e| Error::io("allocating the staging ring", e))?;
         let staging_info = crate::verbs::link::Staging {
@@ -133,11 +155,17 @@ impl<T: Message> PublisherBuilder<T> {
             len: memory.len(),
             slot_size: slot_size as usize,
         };
+        let mut epoch = [0u8; 8];
+        getrandom::getrandom(&mut epoch)
+            .map_err(|e| Error::Config(format!("random source: {e}")))?;
+        let epoch = u64::from_le_bytes(epoch);
         let topic = Arc::new(TopicShared {
             name: self.topic.clone(),
             schema: std::any::type_name::<T>(),
             slot_size,
             next_seq: AtomicU64::new(0),
+            epoch,
+            history: self.history,
             next_id: AtomicU32::new(1),
             has_pending: Default::default(),
             pending: Mutex::new(Vec::new()),
@@ -167,8 +195,11 @@ impl<T: Message> PublisherBuilder<T> {
             topic,
             staging,
             memory,
+            meta: vec![Meta::default(); staging_slots as usize],
+            window: Window::new(self.history, 0),
             staging_pos: 0,
             next_seq: 0,
+            epoch,
             policy: self.policy,
             idle: self.idle,
             counters: Counters::new(Kind::Topic, 0, &self.topic),
@@ -176,6 +207,18 @@ impl<T: Message> PublisherBuilder<T> {
         })
     }
 }
+
+/// What a staging slot holds, for replays.
+#[derive(Clone, Copy, Default)]
+struct Meta {
+    seq: u64,
+    publish_ns: u64,
+    len: u32,
+}
+
+/// Writes from the history one subscriber may get per `send()` besides the live message:
+/// catching up never costs a `send()` more than this.
+pub const CATCH_UP_PER_SEND: u32 = 16;
 
 /// One subscriber as the publisher drives it.
 struct Link {
@@ -186,8 +229,9 @@ struct Link {
     credit: CreditTracker,
     state: Arc<LinkState>,
     counters: Counters,
+    /// Sequences skipped for it just before `next_unsent` (announced with the next write).
     dropped_pending: u64,
-    /// The sequence after the last one written to this subscriber (its goodbye names it).
+    /// Its cursor: the next sequence it is due (the live edge, or behind it in the history).
     next_unsent: u64,
     /// Its share of the topic's caps, given back when the link is removed.
     _reservation: crate::control::limits::Reservation,
@@ -210,7 +254,8 @@ impl Link {
 
     fn end(&self) -> StreamEnd {
         StreamEnd {
-            first_unsent: self.next_unsent,
+            // The drops pending are the sequences just before the cursor.
+            first_unsent: self.next_unsent.wrapping_sub(self.dropped_pending),
             dropped_after: self.dropped_pending,
             sent: self.counters.entry().get(L::SENT),
         }
@@ -249,8 +294,14 @@ pub struct Publisher<T> {
     topic: Arc<TopicShared>,
     staging: RingGeometry,
     memory: MmapMut,
+    /// Per staging slot: the message it holds (for replays from the history).
+    meta: Vec<Meta>,
+    /// Which sequences the history holds.
+    window: Window,
+    /// Sends so far: the next send uses staging slot `staging_pos mod slots`.
     staging_pos: u64,
     next_seq: u64,
+    epoch: u64,
     policy: Policy,
     idle: IdleStrategy,
     counters: Counters,
@@ -340,7 +391,6 @@ impl<T: Message> Publisher<T> {
             }
         }
         let offset = self.staging.offset_of_index(index);
-        self.staging_pos = self.staging_pos.wrapping_add(1);
         Ok(Loan {
             publisher: self,
             offset,
@@ -365,6 +415,11 @@ impl<T> Publisher<T> {
         self.staging.payload_capacity()
     }
 
+    /// This publisher's session identity (random, sent to every subscriber in `Welcome`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The sequence the next message gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -374,12 +429,17 @@ impl<T> Publisher<T> {
     /// resuming a feed's numbering).
     pub fn set_next_seq(&mut self, seq: u64) {
         self.next_seq = seq;
+        // Sequences before the new numbering are no longer offered from the history.
+        self.window.reset(seq);
+        for link in &mut self.links {
+            link.next_unsent = seq;
+        }
         self.topic.next_seq.store(seq, Ordering::Relaxed);
     }
 
     /// Connected subscribers (after adopting any that just finished their handshake).
     pub fn subscriber_count(&mut self) -> usize {
-        self.adopt_pending();
+        self.pump();
         self.reap();
         self.links.len()
     }
@@ -430,6 +490,7 @@ impl<T> Publisher<T> {
             self.topic.closed.store(true, Ordering::Release);
         }
         self.adopt_pending();
+        self.drain_behind(Instant::now() + CLOSE_FLUSH);
         // Writes still in flight land before the goodbye that names the stream's end
         // (bounded: a link that cannot flush in time is closed anyway).
         let deadline = Instant::now() + CLOSE_FLUSH;
@@ -463,7 +524,9 @@ impl<T> Publisher<T> {
                 state: l.state,
                 counters: l.counters,
                 dropped_pending: 0,
-                next_unsent: self.next_seq,
+                // Where its stream starts: the live edge, or as far back in the history as
+                // it asked (fed from there by the next sends, or `pump`).
+                next_unsent: self.window.start_for(l.history),
                 _reservation: l.reservation,
             });
         }
@@ -494,19 +557,28 @@ impl<T> Publisher<T> {
         self.adopt_pending();
         let seq = self.next_seq;
         let publish_ns = now_ns();
-        let payload = &self.memory[offset + HEADER_LEN..offset + HEADER_LEN + len];
+        let slot = self.staging.index(self.staging_pos) as usize;
+        debug_assert_eq!(self.staging.offset_of_index(slot as u32), offset);
+        self.meta[slot] = Meta {
+            seq,
+            publish_ns,
+            len: len as u32,
+        };
+        self.staging_pos = self.staging_pos.wrapping_add(1);
+        self.window.record(seq);
+        let feed = Feed {
+            policy: self.policy,
+            idle: self.idle,
+            budget: self.block_timeout,
+            window: &self.window,
+            meta: &self.meta,
+            memory: &self.memory,
+            staging: self.staging,
+            sends: self.staging_pos,
+        };
         let mut any_dead = false;
-        let budget = self.block_timeout;
         for link in &mut self.links {
-            if !deliver(
-                link,
-                self.policy,
-                self.idle,
-                budget,
-                seq,
-                publish_ns,
-                payload,
-            ) {
+            if !deliver(link, &feed, seq) {
                 any_dead = true;
             }
         }
@@ -518,64 +590,235 @@ impl<T> Publisher<T> {
         self.counters.entry().add(TP::PUBLISHED, 1);
         Ok(seq)
     }
+
+    /// Feeds subscribers that are behind (late joiners, or catching up under
+    /// [`Policy::Drop`]) from the history without publishing anything: at most
+    /// [`CATCH_UP_PER_SEND`] messages each, as far as their credit allows. `send()` does this
+    /// on its own; call it when the publisher is idle so that they catch up anyway. Returns
+    /// how many subscribers are still behind.
+    pub fn pump(&mut self) -> usize {
+        self.adopt_pending();
+        let feed = Feed {
+            policy: self.policy,
+            idle: self.idle,
+            budget: self.block_timeout,
+            window: &self.window,
+            meta: &self.meta,
+            memory: &self.memory,
+            staging: self.staging,
+            sends: self.staging_pos,
+        };
+        let end = self.next_seq;
+        let mut behind = 0;
+        let mut any_dead = false;
+        for link in &mut self.links {
+            match catch_up(link, &feed, end, CATCH_UP_PER_SEND, None) {
+                Err(why) => {
+                    link.fail(why);
+                    any_dead = true;
+                }
+                Ok(_) if link.next_unsent != end => behind += 1,
+                Ok(_) => {}
+            }
+        }
+        if any_dead {
+            self.reap();
+        }
+        behind
+    }
+
+    /// At close: gives subscribers that are behind what the history still holds, waiting
+    /// for their credit until `deadline`; what they could not get is announced in their
+    /// goodbye as dropped.
+    fn drain_behind(&mut self, deadline: Instant) {
+        let end = self.next_seq;
+        loop {
+            let feed = Feed {
+                policy: self.policy,
+                idle: self.idle,
+                budget: self.block_timeout,
+                window: &self.window,
+                meta: &self.meta,
+                memory: &self.memory,
+                staging: self.staging,
+                sends: self.staging_pos,
+            };
+            let mut behind = false;
+            for link in &mut self.links {
+                if !link.state.is_active() || link.next_unsent == end {
+                    continue;
+                }
+                if let Err(why) = catch_up(link, &feed, end, u32::MAX, None) {
+                    link.fail(why);
+                } else if link.next_unsent != end {
+                    behind = true;
+                }
+            }
+            if !behind || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        for link in &mut self.links {
+            let unsent = end.wrapping_sub(link.next_unsent);
+            if unsent != 0 && link.state.is_active() {
+                link.dropped_pending += unsent;
+                link.counters.entry().add(L::DROPPED, unsent);
+                link.next_unsent = end;
+            }
+        }
+    }
 }
 
-/// Delivers one message to one link under `policy`; false when the link is (now) dead.
-#[inline]
-fn deliver(
-    link: &mut Link,
+/// What delivering one message needs besides the link.
+struct Feed<'a> {
     policy: Policy,
     idle: IdleStrategy,
-    block_timeout: Option<Duration>,
-    seq: u64,
-    publish_ns: u64,
-    payload: &[u8],
-) -> bool {
+    budget: Option<Duration>,
+    window: &'a Window,
+    meta: &'a [Meta],
+    memory: &'a [u8],
+    staging: RingGeometry,
+    /// Sends so far, the current one included.
+    sends: u64,
+}
+
+/// Writes held message `seq` into `link`'s ring (credit and room checked by the caller).
+#[inline]
+fn write_one(link: &mut Link, feed: &Feed<'_>, seq: u64, live: bool) -> Result<(), String> {
+    let slot = feed.window.slot_of(seq, feed.sends, feed.meta.len() as u64) as usize;
+    let meta = feed.meta[slot];
+    if meta.seq != seq {
+        return Err(format!(
+            "history slot {slot} holds sequence {}, not {seq}",
+            meta.seq
+        ));
+    }
+    let at = feed.staging.offset_of_index(slot as u32) + HEADER_LEN;
+    let payload = &feed.memory[at..at + meta.len as usize];
+    let mut header = SlotHeader::new(seq, meta.publish_ns, meta.len, link.dropped_pending);
+    if !live {
+        header = header.from_history();
+        link.counters.entry().add(L::REPAIRED, 1);
+    }
+    let pos = link.credit.acquire().expect("credit checked by the caller");
+    link.ring
+        .write(link.geometry.index(pos), &header, payload, imm_of(seq))
+        .map_err(|e| format!("write failed: {e}"))?;
+    link.dropped_pending = 0;
+    link.next_unsent = seq.wrapping_add(1);
+    link.counters.entry().add(L::SENT, 1);
+    Ok(())
+}
+
+/// Writes up to `quota` messages from `link`'s cursor towards `end` (exclusive), as long as it
+/// has room. `Ok(true)` if it ran out of room.
+/// `live` is the sequence being sent now, if any (every other one comes from the history).
+fn catch_up(
+    link: &mut Link,
+    feed: &Feed<'_>,
+    end: u64,
+    quota: u32,
+    live: Option<u64>,
+) -> Result<bool, String> {
+    let mut left = quota;
+    while link.next_unsent != end && left > 0 {
+        if !ready(link)? {
+            return Ok(true);
+        }
+        let seq = link.next_unsent;
+        write_one(link, feed, seq, Some(seq) == live)?;
+        left -= 1;
+    }
+    Ok(false)
+}
+
+/// Delivers message `seq` (just sent) to one link under the feed's policy, after anything
+/// it is behind on; false when the link is (now) dead.
+#[inline]
+fn deliver(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
     if !link.state.is_active() {
         return false;
     }
-    match ready(link) {
-        Ok(true) => {}
-        Err(why) => {
-            link.fail(why);
-            return false;
+    let end = seq.wrapping_add(1);
+    if link.next_unsent == seq {
+        // At the live edge: the common case.
+        match ready(link) {
+            Ok(true) => {
+                if let Err(why) = write_one(link, feed, seq, true) {
+                    link.fail(why);
+                    return false;
+                }
+                return true;
+            }
+            Err(why) => {
+                link.fail(why);
+                return false;
+            }
+            Ok(false) => {}
         }
-        Ok(false) => {
-            link.counters.entry().add(L::CREDIT_STALLS, 1);
-            match policy {
-                Policy::Block => {
-                    if !wait_ready(link, idle, block_timeout, seq) {
-                        return false;
-                    }
+    } else {
+        // Behind: first, what left the history before it got there.
+        let missed = feed.window.oldest().wrapping_sub(link.next_unsent);
+        if missed != 0 && missed < 1 << 63 {
+            if feed.policy == Policy::Disconnect {
+                let why = format!(
+                    "fell behind the history of {} messages: slow consumer",
+                    feed.window.depth()
+                );
+                link.close(GoodbyeReason::SlowConsumer, why);
+                return false;
+            }
+            link.dropped_pending += missed;
+            link.counters.entry().add(L::DROPPED, missed);
+            link.next_unsent = feed.window.oldest();
+        }
+        match catch_up(link, feed, end, 1 + CATCH_UP_PER_SEND, Some(seq)) {
+            Ok(_) if link.next_unsent == end => return true,
+            Ok(_) => {}
+            Err(why) => {
+                link.fail(why);
+                return false;
+            }
+        }
+    }
+    // Not everything is written: the subscriber has no room.
+    link.counters.entry().add(L::CREDIT_STALLS, 1);
+    let depth = feed.window.depth();
+    match feed.policy {
+        Policy::Block => {
+            // Nothing is lost: wait while the next send would take from the history what
+            // this subscriber still needs (without a history: the message itself).
+            while end.wrapping_sub(link.next_unsent) >= depth.max(1) {
+                if !wait_ready(link, feed.idle, feed.budget, seq) {
+                    return false;
                 }
-                Policy::Drop => {
-                    link.dropped_pending += 1;
-                    link.counters.entry().add(L::DROPPED, 1);
-                    return true;
-                }
-                Policy::Disconnect => {
-                    let why = format!(
-                        "no room for sequence {seq} (ring of {} slots full): slow consumer",
-                        link.geometry.slots()
-                    );
-                    link.close(GoodbyeReason::SlowConsumer, why);
+                let next = link.next_unsent;
+                if let Err(why) = write_one(link, feed, next, next == seq) {
+                    link.fail(why);
                     return false;
                 }
             }
         }
+        Policy::Drop => {
+            if depth == 0 {
+                link.dropped_pending += 1;
+                link.counters.entry().add(L::DROPPED, 1);
+                link.next_unsent = end;
+            }
+            // With a history: fed from it once its credit returns (or the loss announced).
+        }
+        Policy::Disconnect => {
+            if end.wrapping_sub(link.next_unsent) >= depth.max(1) {
+                let why = format!(
+                    "no room for sequence {seq} (ring of {} slots full): slow consumer",
+                    link.geometry.slots()
+                );
+                link.close(GoodbyeReason::SlowConsumer, why);
+                return false;
+            }
+        }
     }
-    let pos = link.credit.acquire().expect("credit checked above");
-    let header = SlotHeader::new(seq, publish_ns, payload.len() as u32, link.dropped_pending);
-    if let Err(e) = link
-        .ring
-        .write(link.geometry.index(pos), &header, payload, imm_of(seq))
-    {
-        link.fail(format!("write failed: {e}"));
-        return false;
-    }
-    link.dropped_pending = 0;
-    link.next_unsent = seq.wrapping_add(1);
-    link.counters.entry().add(L::SENT, 1);
     true
 }
 

@@ -57,4 +57,9 @@ pub struct SubscriberStats {
     pub dropped_announced: u64,
     /// Messages refused as corrupt.
     pub corrupt: u64,
+    /// Of the messages received, those from the publisher's history (a late join or a
+    /// catch-up after falling behind).
+    pub repaired: u64,
+    /// Times the subscription reconnected to a publisher (with reconnect on).
+    pub reconnects: u64,
 }

@@ -69,6 +69,8 @@ pub mod link {
     pub const ACTIVE: usize = 4;
     /// Times it was cut for holding a Block publisher past its stall budget.
     pub const STALL_CUTS: usize = 5;
+    /// Messages written to it from the history (a late join or a catch-up).
+    pub const REPAIRED: usize = 6;
 }
 
 /// Counter indices of a subscription entry.
@@ -85,6 +87,10 @@ pub mod sub {
     pub const ACTIVE: usize = 4;
     /// Of the lost sequences, those the publisher announced it dropped.
     pub const ANNOUNCED: usize = 5;
+    /// Messages received from the publisher's history (a late join or a catch-up).
+    pub const REPAIRED: usize = 6;
+    /// Times the subscription reconnected to its publisher.
+    pub const RECONNECTS: usize = 7;
 }
 
 /// One entry, as laid out in the file.

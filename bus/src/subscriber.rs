@@ -11,7 +11,8 @@ use rdmabus_proto::codec;
 use rdmabus_proto::credit::CreditReturner;
 use rdmabus_proto::gap::{GapTracker, SeqEvent};
 use rdmabus_proto::handshake::GoodbyeReason;
-use rdmabus_proto::slot::HEADER_LEN;
+pub use rdmabus_proto::history::HistoryRequest;
+use rdmabus_proto::slot::{FLAG_FROM_HISTORY, HEADER_LEN};
 use rdmabus_proto::{RingGeometry, SlotHeader};
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -173,6 +174,7 @@ pub struct SubscriberBuilder<T> {
     bind: Option<std::net::IpAddr>,
     device: Option<String>,
     gid_index: Option<u8>,
+    history: HistoryRequest,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -193,6 +195,15 @@ impl<T: Message> SubscriberBuilder<T> {
     /// GID index to use over verbs (default: the RoCE v2 GID of the local address).
     pub fn gid_index(mut self, index: u8) -> Self {
         self.gid_index = Some(index);
+        self
+    }
+
+    /// How much of the publisher's retained history to receive before the live stream
+    /// (default [`HistoryRequest::None`]: start at the live edge). Messages from history
+    /// arrive first, in order, then the live ones with no gap and no duplicate at the seam;
+    /// [`Received::from_history`] tells them apart.
+    pub fn history(mut self, req: HistoryRequest) -> Self {
+        self.history = req;
         self
     }
 
@@ -273,6 +284,7 @@ impl<T: Message> SubscriberBuilder<T> {
             bind: self.bind,
             device: self.device.as_deref(),
             gid_index: self.gid_index,
+            history: self.history,
         })?;
         let copy = match self.access {
             Access::Copy => CopyBuf::new(c.geometry.payload_capacity()),
@@ -286,6 +298,7 @@ impl<T: Message> SubscriberBuilder<T> {
             state: c.state,
             session: Some(c.session),
             id: c.welcome.subscriber_id,
+            epoch: c.welcome.epoch,
             release_pending: false,
             held: None,
             access: self.access,
@@ -320,6 +333,12 @@ impl<T: Message> Received<'_, T> {
     /// Publisher sequence number.
     pub fn seq(&self) -> u64 {
         self.header.seq
+    }
+
+    /// Whether it came from the publisher's history (a late join or a catch-up after
+    /// falling behind) rather than at the live edge.
+    pub fn from_history(&self) -> bool {
+        self.header.flags & FLAG_FROM_HISTORY != 0
     }
 
     /// Publish time, ns since the Unix epoch.
@@ -392,6 +411,7 @@ pub struct Subscriber<T> {
     state: Arc<LinkState>,
     session: Option<JoinHandle<()>>,
     id: u32,
+    epoch: u64,
     release_pending: bool,
     held: Option<SlotHeader>,
     access: Access,
@@ -438,6 +458,7 @@ impl<T: Message> Subscriber<T> {
             bind: None,
             device: None,
             gid_index: None,
+            history: HistoryRequest::None,
             _t: PhantomData,
         }
     }
@@ -445,6 +466,12 @@ impl<T: Message> Subscriber<T> {
     /// The id the publisher gave this subscriber.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The publisher session this subscription is attached to (its `epoch`, random per
+    /// publisher): equal across a reconnect only if the same publisher answered.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The ring's geometry.
@@ -461,6 +488,8 @@ impl<T: Message> Subscriber<T> {
             lost: e.get(S::LOST),
             dropped_announced: e.get(S::ANNOUNCED),
             corrupt: e.get(S::CORRUPT),
+            repaired: e.get(S::REPAIRED),
+            reconnects: e.get(S::RECONNECTS),
         }
     }
 
@@ -656,6 +685,9 @@ impl<T: Message> Subscriber<T> {
         };
         let e = self.counters.entry();
         e.add(S::RECEIVED, 1);
+        if header.flags & FLAG_FROM_HISTORY != 0 {
+            e.add(S::REPAIRED, 1);
+        }
         // One message in eight feeds the live latency histogram: the clock read stays off
         // the other seven.
         self.sampled = self.sampled.wrapping_add(1);

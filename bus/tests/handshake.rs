@@ -65,7 +65,14 @@ fn authenticated_auth(
         TransportKind::Shm,
     );
     sub.accepted();
-    sub.hs.auth(Auth { ring, endpoint }, Instant::now());
+    sub.hs.auth(
+        Auth {
+            ring,
+            endpoint,
+            history: 0,
+        },
+        Instant::now(),
+    );
     sub.refusal()
 }
 

@@ -184,6 +184,7 @@ impl Rogue {
                     slot_size: accept.slot_size,
                 },
                 endpoint: SubEndpoint::Shm,
+                history: 0,
             },
             Instant::now(),
         );

@@ -40,6 +40,7 @@ fn rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::Join
                     slot_size: accept.slot_size,
                 },
                 endpoint: SubEndpoint::Verbs(ep),
+                history: 0,
             },
             Instant::now(),
         );

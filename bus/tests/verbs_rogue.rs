@@ -51,6 +51,7 @@ fn rnr_rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::
                     slot_size: accept.slot_size,
                 },
                 endpoint: SubEndpoint::Verbs(ring.endpoint()),
+                history: 0,
             },
             Instant::now(),
         );

@@ -5,6 +5,7 @@
 //! - [`credit`]: flow-control accounting on both ends; [`credit_word`]: the verbs credit
 //!   word's torn-read-proof format.
 //! - [`gap`]: sequence tracking and gap detection, wrap-around safe.
+//! - [`history`]: the publisher's retained messages and each subscriber's cursor into them.
 //! - [`frame`], [`handshake`], [`auth`]: the control-plane messages and their validation.
 //! - [`codec`]: zero-allocation serialize-in-place and validated access of rkyv messages.
 //! - [`market`]: market-data message types (`Quote`, `Trade`, `BookUpdate`).
@@ -18,6 +19,7 @@ pub mod frame;
 pub mod gap;
 pub mod geometry;
 pub mod handshake;
+pub mod history;
 pub mod market;
 pub mod slot;
 

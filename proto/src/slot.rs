@@ -7,8 +7,12 @@ pub const HEADER_LEN: usize = core::mem::size_of::<SlotHeader>();
 /// sequences just before this one (flow-control policy `Drop`).
 pub const FLAG_DROPPED_BEFORE: u32 = 1 << 0;
 
+/// Set when the message comes from the publisher's history (a late join or a catch-up), not
+/// at the live edge.
+pub const FLAG_FROM_HISTORY: u32 = 1 << 1;
+
 /// All flags this version understands; any other bit set means a corrupt or newer header.
-pub const KNOWN_FLAGS: u32 = FLAG_DROPPED_BEFORE;
+pub const KNOWN_FLAGS: u32 = FLAG_DROPPED_BEFORE | FLAG_FROM_HISTORY;
 
 /// Header at the start of every ring slot. `#[repr(C)]`, little-endian on the wire.
 #[repr(C, align(8))]
@@ -91,6 +95,12 @@ impl SlotHeader {
             flags,
             dropped_before,
         }
+    }
+
+    /// The same header, marked as coming from the publisher's history.
+    pub fn from_history(mut self) -> Self {
+        self.flags |= FLAG_FROM_HISTORY;
+        self
     }
 
     /// Encodes to the 32 wire bytes (little-endian).

@@ -32,6 +32,7 @@ struct Progress {
     /// The credit word's descriptor, to seal once the subscriber has mapped it.
     shm_credit_fd: Option<OwnedFd>,
     link: Option<(u32, Box<dyn RemoteRing>, RingGeometry)>,
+    history: rdmabus_proto::history::HistoryRequest,
 }
 
 /// Serves one connection: handshake, then hands the link to the publisher and keeps heartbeats.
@@ -197,11 +198,14 @@ fn set_up_ring(
         Ok((ring, endpoint)) => {
             let id = topic.next_id.fetch_add(1, Ordering::Relaxed);
             p.link = Some((id, ring, geometry));
+            p.history = rdmabus_proto::history::HistoryRequest::from_wire(auth.history);
             hs.welcome(
                 Welcome {
                     subscriber_id: id,
                     heartbeat_ms: node.heartbeat.as_millis() as u32,
                     next_seq: topic.next_seq.load(Ordering::Relaxed),
+                    epoch: topic.epoch,
+                    history: topic.history,
                     endpoint,
                 },
                 Instant::now(),
@@ -312,6 +316,7 @@ fn established(node: &NodeShared, mut fs: FramedStream, mut session: Session, p:
         state: state.clone(),
         counters: crate::stats_file::Counters::new(crate::stats_file::Kind::Link, id, &link_name),
         reservation,
+        history: p.history,
     };
     {
         let mut pending = topic.pending.lock().unwrap_or_else(|p| p.into_inner());

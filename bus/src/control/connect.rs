@@ -29,6 +29,7 @@ pub(crate) struct ConnectParams<'a> {
     pub bind: Option<IpAddr>,
     pub device: Option<&'a str>,
     pub gid_index: Option<u8>,
+    pub history: rdmabus_proto::history::HistoryRequest,
 }
 
 /// A subscription after a successful handshake.
@@ -245,6 +246,7 @@ fn build_ring(
                 Auth {
                     ring,
                     endpoint: SubEndpoint::Shm,
+                    history: p.history.to_wire(),
                 },
             ))
         }
@@ -260,6 +262,7 @@ fn build_ring(
                 Auth {
                     ring,
                     endpoint: SubEndpoint::Verbs(ep),
+                    history: p.history.to_wire(),
                 },
             ))
         }

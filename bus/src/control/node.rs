@@ -48,6 +48,8 @@ pub(crate) struct NewLink {
     pub counters: crate::stats_file::Counters,
     /// This subscriber's share of the topic's caps, given back when the link goes.
     pub reservation: Reservation,
+    /// How much retained history it asked for.
+    pub history: rdmabus_proto::history::HistoryRequest,
 }
 
 /// What the control plane knows of one topic.
@@ -56,6 +58,10 @@ pub(crate) struct TopicShared {
     pub schema: &'static str,
     pub slot_size: u32,
     pub next_seq: AtomicU64,
+    /// The publisher's session identity, sent in `Welcome`.
+    pub epoch: u64,
+    /// Messages the publisher retains (its history depth).
+    pub history: u64,
     pub next_id: AtomicU32,
     pub has_pending: AtomicBool,
     pub pending: Mutex<Vec<NewLink>>,

@@ -166,6 +166,8 @@ impl RawPub {
                                 subscriber_id: 1,
                                 heartbeat_ms: 100,
                                 next_seq: 0,
+                                epoch: 9,
+                                history: 0,
                                 endpoint: PubEndpoint::Shm(ShmCredit { offset: 0 }),
                             },
                             Instant::now(),
@@ -257,6 +259,7 @@ impl RawSub {
                     slot_size: accept.slot_size,
                 },
                 endpoint: SubEndpoint::Shm,
+                history: 0,
             },
             Instant::now(),
         );

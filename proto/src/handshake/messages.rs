@@ -148,6 +148,9 @@ pub struct Auth {
     pub ring: RingDescriptor,
     /// Where the ring lives.
     pub endpoint: SubEndpoint,
+    /// How many retained messages it wants before the live stream
+    /// ([`crate::history::HistoryRequest::to_wire`]: 0 none, `u64::MAX` all).
+    pub history: u64,
 }
 
 /// The publisher accepted the subscriber.
@@ -160,6 +163,11 @@ pub struct Welcome {
     pub heartbeat_ms: u32,
     /// Sequence the publisher will publish next.
     pub next_seq: u64,
+    /// The publisher's session: random, new for every publisher of the topic, so that a
+    /// subscriber that reconnects knows whether it reached the same stream or a new one.
+    pub epoch: u64,
+    /// Messages the publisher retains for late joiners (its history depth).
+    pub history: u64,
     /// Where to write credit.
     pub endpoint: PubEndpoint,
 }
@@ -466,6 +474,7 @@ mod tests {
                     slot_size: 128,
                 },
                 endpoint: SubEndpoint::Shm,
+                history: 0,
             }),
             ControlMsg::Auth(Auth {
                 ring: RingDescriptor {
@@ -473,11 +482,14 @@ mod tests {
                     slot_size: 128,
                 },
                 endpoint: SubEndpoint::Verbs(verbs),
+                history: 0,
             }),
             ControlMsg::Welcome(Welcome {
                 subscriber_id: 9,
                 heartbeat_ms: 100,
                 next_seq: u64::MAX,
+                epoch: 9,
+                history: 0,
                 endpoint: PubEndpoint::Shm(ShmCredit { offset: 64 }),
             }),
             ControlMsg::Reject(Reject::new(RejectCode::AuthFailed, "nope")),

@@ -25,6 +25,8 @@ fn welcome() -> Welcome {
         subscriber_id: 3,
         heartbeat_ms: 200,
         next_seq: 10,
+        epoch: 9,
+        history: 0,
         endpoint: PubEndpoint::Shm(ShmCredit { offset: 0 }),
     }
 }
@@ -36,6 +38,7 @@ fn auth() -> Auth {
             slot_size: 128,
         },
         endpoint: SubEndpoint::Shm,
+        history: 0,
     }
 }
 

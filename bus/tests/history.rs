@@ -1,0 +1,188 @@
+//! The publisher's history, over the suite's transport (shm on the host, verbs in the
+//! Soft-RoCE guest): a late joiner gets the retained past then the live stream with no gap
+//! and no duplicate at the seam; a Drop subscriber that falls behind is fed from the history
+//! instead of losing messages, and loses exactly what left the history when its lag passes it.
+
+mod common;
+
+use common::psk;
+use rdmabus::proto::market::Quote;
+use rdmabus::{Event, HistoryRequest, Policy, Publisher, Subscriber};
+use std::time::{Duration, Instant};
+
+fn publisher(node: &rdmabus::Node, policy: Policy, history: u64) -> Publisher<Quote> {
+    node.publisher::<Quote>("quotes")
+        .max_payload(96)
+        .policy(policy)
+        .history(history)
+        .build()
+        .unwrap()
+}
+
+/// What a subscriber saw: messages (seq, from history) and gaps (first, count, announced).
+#[derive(Default)]
+struct Seen {
+    messages: Vec<(u64, bool)>,
+    gaps: Vec<(u64, u64, bool)>,
+}
+
+/// Takes whatever the subscriber has now, checking each message's content.
+fn drain(sub: &mut Subscriber<Quote>, seen: &mut Seen) {
+    while let Some(e) = sub.poll().unwrap() {
+        match e {
+            Event::Message(m) => {
+                assert!(
+                    Quote::synthetic_matches(m.archived(), m.seq()),
+                    "content of {}",
+                    m.seq()
+                );
+                seen.messages.push((m.seq(), m.from_history()));
+            }
+            Event::Gap {
+                first,
+                count,
+                announced,
+            } => seen.gaps.push((first, count, announced)),
+        }
+    }
+}
+
+/// Pumps the publisher and drains the subscriber until it has `n` messages (or 60 s pass).
+fn pump_until(p: &mut Publisher<Quote>, sub: &mut Subscriber<Quote>, seen: &mut Seen, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.messages.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages arrived",
+            seen.messages.len()
+        );
+        p.pump();
+        drain(sub, seen);
+    }
+}
+
+#[test]
+fn a_late_joiner_gets_the_retained_past_then_the_live_stream_without_a_seam() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = publisher(&node, Policy::Block, 4096);
+    for i in 0..5000u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+    }
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .history(HistoryRequest::All)
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
+    let mut seen = Seen::default();
+    // Live messages keep coming while the history is replayed.
+    for i in 5000..6000u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+        drain(&mut sub, &mut seen);
+    }
+    pump_until(&mut p, &mut sub, &mut seen, 6000 - 904);
+    let seqs: Vec<u64> = seen.messages.iter().map(|m| m.0).collect();
+    assert_eq!(
+        seqs,
+        (904..6000).collect::<Vec<_>>(),
+        "a gap or a duplicate"
+    );
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    // Everything before the join came from the history.
+    assert!(seen.messages[..4096].iter().all(|m| m.1));
+    let s = sub.stats();
+    assert!(s.repaired >= 4096, "{s:?}");
+    assert_eq!((s.received, s.gaps, s.lost), (6000 - 904, 0, 0));
+}
+
+#[test]
+fn a_late_joiner_asking_for_the_last_k_gets_exactly_those() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = publisher(&node, Policy::Block, 100);
+    for i in 0..250u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+    }
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .history(HistoryRequest::Last(10))
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
+    let mut seen = Seen::default();
+    p.publish(&Quote::synthetic(250)).unwrap();
+    pump_until(&mut p, &mut sub, &mut seen, 11);
+    let seqs: Vec<u64> = seen.messages.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (240..251).collect::<Vec<_>>());
+    // No history asked: the live edge only.
+    let mut live = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(2, Duration::from_secs(20)).unwrap();
+    p.publish(&Quote::synthetic(251)).unwrap();
+    let mut seen = Seen::default();
+    pump_until(&mut p, &mut live, &mut seen, 1);
+    assert_eq!(seen.messages, vec![(251, false)]);
+}
+
+#[test]
+fn a_drop_subscriber_behind_within_the_history_loses_nothing() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = publisher(&node, Policy::Drop, 1024);
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .slots(64)
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
+    // The subscriber does not read while 800 messages go out: its ring of 64 fills.
+    for i in 0..800u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+    }
+    let mut seen = Seen::default();
+    pump_until(&mut p, &mut sub, &mut seen, 800);
+    let seqs: Vec<u64> = seen.messages.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (0..800).collect::<Vec<_>>());
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    let s = sub.stats();
+    assert_eq!((s.lost, s.repaired), (0, 800 - 64), "{s:?}");
+    let info = &p.stats().subscribers[0];
+    assert_eq!((info.sent, info.dropped), (800, 0), "{info:?}");
+}
+
+#[test]
+fn a_drop_subscriber_behind_past_the_history_loses_exactly_what_left_it() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = publisher(&node, Policy::Drop, 1024);
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .slots(64)
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
+    for i in 0..3000u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+    }
+    let mut seen = Seen::default();
+    // 64 in the ring, then 64..1976 left the history, then the 1024 it still holds.
+    pump_until(&mut p, &mut sub, &mut seen, 64 + 1024);
+    let seqs: Vec<u64> = seen.messages.iter().map(|m| m.0).collect();
+    let expected: Vec<u64> = (0..64).chain(1976..3000).collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(seen.gaps, vec![(64, 1912, true)]);
+    let s = sub.stats();
+    assert_eq!(
+        (s.lost, s.dropped_announced, s.repaired),
+        (1912, 1912, 1024)
+    );
+}
+
+#[test]
+fn publishers_are_told_apart_by_their_epoch() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let p = publisher(&node, Policy::Block, 0);
+    let epoch = p.epoch();
+    let sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .connect()
+        .unwrap();
+    assert_eq!(sub.epoch(), epoch);
+    drop(sub);
+    drop(p);
+    let p2 = publisher(&node, Policy::Block, 0);
+    assert_ne!(p2.epoch(), epoch, "a new publisher is a new session");
+}
