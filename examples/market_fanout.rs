@@ -68,6 +68,7 @@ fn subscriber(addr: &str) -> Result<(), Error> {
                 spread_sum += m.ask_px.to_native() - m.bid_px.to_native();
             }
             Ok(Event::Gap { first, count, .. }) => println!("{name}: lost {count} from #{first}"),
+            Ok(_) => {} // other events (a reconnect) need `SubscriberBuilder::reconnect`
             Err(Error::Closed { .. }) => break,
             Err(e) => return Err(e),
         }

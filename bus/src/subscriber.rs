@@ -2,7 +2,8 @@
 //! by default as a validated copy (see [`Access`]).
 
 use crate::control::session::{Ended, LinkState};
-use crate::control::{connect, ConnectParams};
+use crate::control::{connect, Connected};
+use crate::reconnect::{worth_retrying, Reconnect, Rejoin, SessionChange};
 use crate::stats::SubscriberStats;
 use crate::stats_file::{sub as S, Counters, Kind};
 use crate::transport::LocalRing;
@@ -175,10 +176,22 @@ pub struct SubscriberBuilder<T> {
     device: Option<String>,
     gid_index: Option<u8>,
     history: HistoryRequest,
+    reconnect: Option<Reconnect>,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: Message> SubscriberBuilder<T> {
+    /// Keeps the subscription alive across a lost, stopped or restarted publisher: instead
+    /// of ending, the subscriber connects again (same address, topic, key, ring and history
+    /// request) with backoff, and reports [`Event::Session`] when it is back: the new session,
+    /// and whether its numbering continues the old one. Messages of the old session still in
+    /// the ring, and gaps at its end, come first. Default: off (the end is reported as an
+    /// error). A wrong key or schema is not retried.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
     /// Local address for the control connection (and so, over verbs, the RDMA interface
     /// whose GID is picked). Default: whatever the route to the publisher chooses.
     pub fn bind(mut self, ip: std::net::IpAddr) -> Self {
@@ -271,21 +284,23 @@ impl<T: Message> SubscriberBuilder<T> {
             Some(p) => p,
             None => Psk::from_env_default()?,
         };
-        let c = connect(ConnectParams {
+        let rejoin = Rejoin {
             addr: self.addr?,
-            topic: &self.topic,
-            schema: std::any::type_name::<T>(),
-            psk: &psk,
+            topic: self.topic,
+            psk,
             transport: self.transport,
             slots: self.slots,
             slot_size: self.slot_size,
-            name: &self.name,
+            name: self.name,
             timeout: self.timeout,
             bind: self.bind,
-            device: self.device.as_deref(),
+            device: self.device,
             gid_index: self.gid_index,
             history: self.history,
-        })?;
+            policy: self.reconnect.unwrap_or_default(),
+            down: None,
+        };
+        let c = connect(rejoin.params(std::any::type_name::<T>()))?;
         let copy = match self.access {
             Access::Copy => CopyBuf::new(c.geometry.payload_capacity()),
             Access::InPlace | Access::Unchecked => CopyBuf::new(0),
@@ -307,13 +322,15 @@ impl<T: Message> SubscriberBuilder<T> {
             counters: Counters::new(
                 Kind::Subscription,
                 c.welcome.subscriber_id,
-                &format!("{}/{}", self.topic, self.name),
+                &format!("{}/{}", rejoin.topic, rejoin.name),
             ),
             sampled: 0,
             taken: 0,
             idle_polls: 0,
             drain_deadline: None,
             end_reported: (false, false),
+            down: false,
+            rejoin: self.reconnect.map(|_| Box::new(rejoin)),
             _t: PhantomData,
         };
         sub.counters.entry().set(S::ACTIVE, 1);
@@ -384,9 +401,11 @@ enum Step {
         announced: bool,
     },
     Message(SlotHeader),
+    Session(Box<SessionChange>),
 }
 
 /// What a poll yields.
+#[non_exhaustive]
 pub enum Event<'a, T: Message> {
     /// The next message.
     Message(Received<'a, T>),
@@ -400,6 +419,8 @@ pub enum Event<'a, T: Message> {
         /// Whether the publisher announced the drop.
         announced: bool,
     },
+    /// With reconnect on: the subscription reached a publisher again after losing its own.
+    Session(Box<SessionChange>),
 }
 
 /// Receives messages of type `T` from one topic.
@@ -427,6 +448,10 @@ pub struct Subscriber<T> {
     drain_deadline: Option<std::time::Instant>,
     /// What of the stream's end has been reported (missing, then trailing drops).
     end_reported: (bool, bool),
+    /// The link is down and a reconnect is pending.
+    down: bool,
+    /// With reconnect on: what it takes to connect again.
+    rejoin: Option<Box<Rejoin>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -459,6 +484,7 @@ impl<T: Message> Subscriber<T> {
             device: None,
             gid_index: None,
             history: HistoryRequest::None,
+            reconnect: None,
             _t: PhantomData,
         }
     }
@@ -536,6 +562,9 @@ impl<T: Message> Subscriber<T> {
     /// Releases the previous slot and finds the next event, without borrowing the ring.
     #[inline]
     fn advance(&mut self) -> Result<Option<Step>, Error> {
+        if self.down {
+            return self.rejoin_step();
+        }
         if self.release_pending {
             self.release_pending = false;
             if let Some(pos) = self.credit.release() {
@@ -625,6 +654,7 @@ impl<T: Message> Subscriber<T> {
                 })
             }
             Step::Message(h) => h,
+            Step::Session(change) => return Ok(Event::Session(change)),
         };
         // `advance` checked the header: len <= payload capacity, so the payload (and its
         // rounding up to WORD bytes, the capacity being a multiple of 32) lies in the slot.
@@ -730,7 +760,101 @@ impl<T: Message> Subscriber<T> {
                 )));
             }
         }
-        Err(self.ended_error())
+        let e = self.ended_error();
+        let local = matches!(self.state.ended(), Ended::Local(..));
+        if let (Some(r), false) = (self.rejoin.as_mut(), local) {
+            tracing::info!(topic = %r.topic, "publisher session ended ({e}); reconnecting");
+            r.go_down(std::time::Instant::now(), e.to_string(), self.epoch);
+            self.down = true;
+            self.release_pending = false;
+            self.held = None;
+            return Ok(None);
+        }
+        Err(e)
+    }
+
+    /// With the link down: one reconnect attempt when it is due.
+    #[cold]
+    fn rejoin_step(&mut self) -> Result<Option<Step>, Error> {
+        let now = std::time::Instant::now();
+        let r = self.rejoin.as_mut().expect("down only with reconnect on");
+        let d = r.down.as_mut().expect("down");
+        if now < d.next_attempt {
+            return Ok(None);
+        }
+        if let Some(limit) = r.policy.give_up_after {
+            if now.duration_since(d.since) > limit {
+                return Err(Error::PublisherLost(format!(
+                    "no publisher for {limit:?} (reconnecting since: {})",
+                    d.reason
+                )));
+            }
+        }
+        d.attempts += 1;
+        let attempt = d.attempts;
+        match connect(r.params(std::any::type_name::<T>())) {
+            Ok(c) => {
+                let d = r.down.take().expect("down");
+                let continues = match self.gaps.expected() {
+                    Some(expected) => c.welcome.next_seq.wrapping_sub(expected) < 1 << 63,
+                    None => true,
+                };
+                let change = SessionChange {
+                    epoch: c.welcome.epoch,
+                    previous_epoch: d.previous_epoch,
+                    continues,
+                    next_seq: c.welcome.next_seq,
+                    reason: d.reason,
+                    attempts: d.attempts,
+                    down_for: now.duration_since(d.since),
+                };
+                tracing::info!(
+                    topic = %r.topic,
+                    epoch = change.epoch,
+                    continues,
+                    attempts = change.attempts,
+                    "reconnected to a publisher"
+                );
+                if !continues {
+                    self.gaps = GapTracker::new();
+                }
+                self.attach(c);
+                self.counters.entry().add(S::RECONNECTS, 1);
+                self.down = false;
+                Ok(Some(Step::Session(Box::new(change))))
+            }
+            Err(e) if !worth_retrying(&e) => Err(e),
+            Err(e) => {
+                tracing::debug!(topic = %r.topic, "reconnect attempt {attempt} failed: {e}");
+                r.failed(now);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes over a new connection's ring and link (the old link's thread is joined).
+    fn attach(&mut self, c: Connected) {
+        if let Some(s) = self.session.take() {
+            let _ = s.join();
+        }
+        self.copy = match self.access {
+            Access::Copy => CopyBuf::new(c.geometry.payload_capacity()),
+            Access::InPlace | Access::Unchecked => CopyBuf::new(0),
+        };
+        self.local = c.local;
+        self.geometry = c.geometry;
+        self.credit = CreditReturner::new(c.geometry.slots(), 0);
+        self.state = c.state;
+        self.session = Some(c.session);
+        self.id = c.welcome.subscriber_id;
+        self.epoch = c.welcome.epoch;
+        self.release_pending = false;
+        self.held = None;
+        self.taken = 0;
+        self.idle_polls = 0;
+        self.drain_deadline = None;
+        self.end_reported = (false, false);
+        self.counters.entry().set(S::ACTIVE, 1);
     }
 
     fn end_gap(&mut self, first: u64, count: u64, announced: bool) -> Step {
@@ -849,6 +973,7 @@ mod tests {
                     rest.push(m.seq());
                 }
                 Event::Gap { first, count, .. } => rest.extend(first..first + count),
+                Event::Session(_) => panic!("no reconnect asked for"),
             }
         }
         Held {
@@ -914,7 +1039,7 @@ mod tests {
         ));
         match sub.recv().unwrap() {
             Event::Message(m) => assert!(BookUpdate::synthetic_matches(&m, 2)),
-            Event::Gap { .. } => panic!("gap"),
+            Event::Gap { .. } | Event::Session(_) => panic!("gap"),
         }
         assert_eq!(sub.stats().corrupt, 1);
     }

@@ -106,6 +106,7 @@ fn every_message_of_a_burst_arrives_when_the_publisher_closes_right_after_it() {
                 "after {got} messages: {count} lost from {first} (announced {announced}): the \
                  tail of the burst did not survive the close"
             ),
+            Ok(Some(_)) => panic!("unexpected event"),
             Ok(None) => panic!("after {got} messages: nothing for 20 s"),
             Err(e) => break e,
         }

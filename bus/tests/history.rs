@@ -43,6 +43,7 @@ fn drain(sub: &mut Subscriber<Quote>, seen: &mut Seen) {
                 count,
                 announced,
             } => seen.gaps.push((first, count, announced)),
+            _ => panic!("unexpected event"),
         }
     }
 }

@@ -68,6 +68,7 @@ fn receive_all(
                 Ok(Some(Event::Gap { first, count, .. })) => {
                     panic!("the good subscriber lost {count} messages from {first}")
                 }
+                Ok(Some(_)) => panic!("unexpected event"),
                 Ok(None) => assert!(
                     last_progress.elapsed() < Duration::from_secs(20),
                     "the good subscriber received nothing for 20 s after {next} messages"
@@ -802,6 +803,7 @@ fn deliver(p: &mut Publisher<Quote>, subs: &mut [&mut Subscriber<Quote>], from: 
                     assert!(Quote::synthetic_matches(&m, i), "message {i}")
                 }
                 Ok(Some(Event::Gap { first, count, .. })) => panic!("gap of {count} at {first}"),
+                Ok(Some(_)) => panic!("unexpected event"),
                 Ok(None) => panic!("message {i} did not arrive"),
                 Err(e) => panic!("message {i}: {e}"),
             }

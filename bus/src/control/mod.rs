@@ -8,4 +8,4 @@ pub(crate) mod limits;
 pub mod node;
 pub(crate) mod session;
 
-pub(crate) use connect::{connect, ConnectParams};
+pub(crate) use connect::{connect, ConnectParams, Connected};

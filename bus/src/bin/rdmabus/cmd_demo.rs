@@ -94,6 +94,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         a.policy,
         IdleStrategy::Yield,
         Some(rdmabus::DEFAULT_BLOCK_TIMEOUT),
+        0,
     )?;
     let mut trades = AnyPublisher::new(
         &node,
@@ -101,6 +102,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         a.policy,
         IdleStrategy::Yield,
         Some(rdmabus::DEFAULT_BLOCK_TIMEOUT),
+        0,
     )?;
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the rdmabus executable", e))?;

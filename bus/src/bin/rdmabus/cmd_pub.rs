@@ -41,6 +41,14 @@ pub struct PubArgs {
     /// milliseconds, before it is cut as a slow consumer (0: as long as it stays connected).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub block_timeout_ms: u64,
+    /// Keep the last N messages of each topic for late joiners and for Drop subscribers that
+    /// fall behind (sub --history asks for them); 0 keeps none.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = crate::parse::history_depth)]
+    pub history: u64,
+    /// The first sequence number (to resume a feed's numbering after a restart, so that
+    /// reconnecting subscribers see it continue).
+    #[arg(long, default_value_t = 0, value_name = "SEQ")]
+    pub first_seq: u64,
     /// How to wait when blocked: spin, yield, backoff.
     #[arg(long, default_value = "spin")]
     pub idle: IdleStrategy,
@@ -113,7 +121,9 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         .map(|t| {
             let budget =
                 (args.block_timeout_ms > 0).then(|| Duration::from_millis(args.block_timeout_ms));
-            AnyPublisher::new(&node, t, args.policy, args.idle, budget)
+            let mut p = AnyPublisher::new(&node, t, args.policy, args.idle, budget, args.history)?;
+            p.set_next_seq(args.first_seq);
+            Ok::<_, Error>(p)
         })
         .collect::<Result<Vec<_>, _>>()?;
     eprintln!(
@@ -143,6 +153,10 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
             }
             pacer.wait();
             p.publish_next()?;
+            if args.history > 0 && args.rate > 0 {
+                // Paced: between sends, late joiners and laggards catch up from the history.
+                p.pump();
+            }
         }
         sent += 1;
     }

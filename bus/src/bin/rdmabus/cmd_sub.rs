@@ -37,6 +37,15 @@ pub struct SubArgs {
     /// Ring slots per topic (a power of two from 2 to 1048576).
     #[arg(long, default_value_t = 1024, allow_negative_numbers = true, value_parser = crate::parse::slots)]
     pub slots: u32,
+    /// Retained messages to receive first, before the live stream: none, all, or a number
+    /// (the publisher keeps what its --history says)
+    #[arg(long, default_value = "none", value_name = "none|all|N", value_parser = crate::parse::history_request)]
+    pub history: rdmabus::HistoryRequest,
+    /// Ride through a lost, stopped or restarted publisher: reconnect with backoff (50 ms
+    /// doubling to 2 s), forever, instead of ending; each new session is counted and listed
+    /// in --json (sessions)
+    #[arg(long)]
+    pub reconnect: bool,
     /// Name shown in the publisher's stats.
     #[arg(long, default_value = "")]
     pub name: String,
@@ -118,6 +127,7 @@ where
             })
             .idle(args.idle)
             .transport(args.transport)
+            .history(args.history)
             .access(if args.unchecked {
                 Access::Unchecked
             } else {
@@ -125,6 +135,9 @@ where
             });
         if let Some(ip) = args.bind {
             b = b.bind(ip);
+        }
+        if args.reconnect {
+            b = b.reconnect(rdmabus::Reconnect::default());
         }
         if let Some(d) = &args.device {
             b = b.device(d.clone());
@@ -205,6 +218,32 @@ where
                     work_for(Duration::from_micros(args.delay_us));
                 }
             }
+            Ok(Some(Event::Session(c))) => {
+                if !args.json {
+                    eprintln!(
+                        "{}: reconnected after {:?} ({} attempts): new session {:016x}, numbering {} at #{} (previous session ended: {})",
+                        r.topic,
+                        c.down_for,
+                        c.attempts,
+                        c.epoch,
+                        if c.continues { "continues" } else { "starts again" },
+                        c.next_seq,
+                        c.reason
+                    );
+                }
+                if !c.continues {
+                    // Sequences of the new session are not comparable with the old one's.
+                    r.last_seq = None;
+                }
+                r.sessions.push(crate::report::SessionReport {
+                    epoch: format!("{:016x}", c.epoch),
+                    continues: c.continues,
+                    next_seq: c.next_seq,
+                    down_ms: c.down_for.as_secs_f64() * 1e3,
+                    previous_end: c.reason.clone(),
+                });
+            }
+            Ok(Some(_)) => {}
             Err(Error::Corrupt { seq, reason }) => {
                 eprintln!("{}: corrupt message {seq:?}: {reason}", r.topic);
                 self.seen += 1;
@@ -246,6 +285,8 @@ where
         r.lost = s.lost;
         r.dropped_announced = s.dropped_announced;
         r.corrupt = s.corrupt;
+        r.repaired = s.repaired;
+        r.reconnects = s.reconnects;
         r.latency = Latency::from_histogram(&self.hist);
         if r.end.is_empty() {
             r.end = end.to_string();

@@ -154,6 +154,33 @@ pub mod parse {
         }
     }
 
+    /// Largest history a publisher may keep.
+    pub const MAX_HISTORY: u64 = 1 << 24;
+
+    /// A publisher's history depth: 0 to [`MAX_HISTORY`] messages.
+    pub fn history_depth(s: &str) -> Result<u64, String> {
+        match s.trim().parse::<u64>() {
+            Ok(v) if v <= MAX_HISTORY => Ok(v),
+            _ => Err(format!(
+                "a history is a whole number of messages from 0 to {MAX_HISTORY}"
+            )),
+        }
+    }
+
+    /// How much history a subscriber asks for: `none`, `all` or a number of messages.
+    pub fn history_request(s: &str) -> Result<rdmabus::HistoryRequest, String> {
+        match s.trim() {
+            "none" | "0" => Ok(rdmabus::HistoryRequest::None),
+            "all" => Ok(rdmabus::HistoryRequest::All),
+            n => match n.parse::<u64>() {
+                Ok(k) if k <= MAX_HISTORY => Ok(rdmabus::HistoryRequest::Last(k)),
+                _ => Err(format!(
+                    "history is none, all, or a whole number of messages up to {MAX_HISTORY}"
+                )),
+            },
+        }
+    }
+
     /// Ring slots: a power of two in the ring's bounds.
     pub fn slots(s: &str) -> Result<u32, String> {
         use rdmabus::proto::geometry::{MAX_SLOTS, MIN_SLOTS};

@@ -37,6 +37,15 @@ pub struct TopicReport {
     /// Lost sequences as (first, count), at most 10,000 entries.
     pub lost_ranges: Vec<(u64, u64)>,
     pub corrupt: u64,
+    /// Of the messages received, those that came from the publisher's history.
+    #[serde(default)]
+    pub repaired: u64,
+    /// Times the subscription reconnected (sub --reconnect).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// The publisher sessions reached by reconnecting, in order.
+    #[serde(default)]
+    pub sessions: Vec<SessionReport>,
     pub verify_failures: u64,
     pub order_errors: u64,
     pub first_seq: Option<u64>,
@@ -44,6 +53,21 @@ pub struct TopicReport {
     /// How it ended: "count", "seconds", "closed: …", "lost: …".
     pub end: String,
     pub latency: Latency,
+}
+
+/// A publisher session a subscriber reconnected to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SessionReport {
+    /// The session's epoch, in hex.
+    pub epoch: String,
+    /// Whether its numbering continued the previous session's.
+    pub continues: bool,
+    /// Its next sequence when the subscriber joined it.
+    pub next_seq: u64,
+    /// Time without a publisher, in ms.
+    pub down_ms: f64,
+    /// How the previous session ended.
+    pub previous_end: String,
 }
 
 /// What `rdmabus sub --json` prints.

@@ -41,6 +41,7 @@ impl AnyPublisher {
         policy: rdmabus::Policy,
         idle: rdmabus::IdleStrategy,
         block_timeout: Option<std::time::Duration>,
+        history: u64,
     ) -> Result<Self, Error> {
         Ok(match topic {
             "quotes" => Self::Quotes(
@@ -48,6 +49,7 @@ impl AnyPublisher {
                     .policy(policy)
                     .idle(idle)
                     .block_timeout(block_timeout)
+                    .history(history)
                     .max_payload(96)
                     .build()?,
             ),
@@ -56,6 +58,7 @@ impl AnyPublisher {
                     .policy(policy)
                     .idle(idle)
                     .block_timeout(block_timeout)
+                    .history(history)
                     .max_payload(96)
                     .build()?,
             ),
@@ -64,6 +67,7 @@ impl AnyPublisher {
                     .policy(policy)
                     .idle(idle)
                     .block_timeout(block_timeout)
+                    .history(history)
                     .max_payload(992)
                     .build()?,
             ),
@@ -149,6 +153,24 @@ impl AnyPublisher {
             Self::Quotes(p) => p.topic(),
             Self::Trades(p) => p.topic(),
             Self::Books(p) => p.topic(),
+        }
+    }
+
+    /// Feeds subscribers that are behind from the history (see `Publisher::pump`).
+    pub fn pump(&mut self) -> usize {
+        match self {
+            Self::Quotes(p) => p.pump(),
+            Self::Trades(p) => p.pump(),
+            Self::Books(p) => p.pump(),
+        }
+    }
+
+    /// Starts the numbering at `seq` (to resume a feed's numbering after a restart).
+    pub fn set_next_seq(&mut self, seq: u64) {
+        match self {
+            Self::Quotes(p) => p.set_next_seq(seq),
+            Self::Trades(p) => p.set_next_seq(seq),
+            Self::Books(p) => p.set_next_seq(seq),
         }
     }
 

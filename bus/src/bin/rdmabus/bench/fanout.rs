@@ -95,6 +95,7 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
                         Event::Gap { .. } => {
                             return Err(Error::Protocol("gap under policy Block".into()))
                         }
+                        _ => return Err(Error::Protocol("reconnected without reconnect".into())),
                     }
                 }
                 Ok((h, Instant::now()))

@@ -71,9 +71,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
                     Ok(Event::Message(m)) => {
                         pong.loan()?.write_bytes(m.bytes())?.send()?;
                     }
-                    Ok(Event::Gap { .. }) => {
-                        return Err(Error::Protocol("gap in a Block ping-pong".into()))
-                    }
+                    Ok(_) => return Err(Error::Protocol("gap in a Block ping-pong".into())),
                     Err(Error::Closed { .. }) => return Ok(()),
                     Err(e) => return Err(e),
                 }
@@ -104,9 +102,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
                 Event::Message(_) => {
                     return Err(Error::Protocol("echo returned another size".into()))
                 }
-                Event::Gap { .. } => {
-                    return Err(Error::Protocol("gap in a Block ping-pong".into()))
-                }
+                _ => return Err(Error::Protocol("gap in a Block ping-pong".into())),
             }
             let rtt = t0.elapsed();
             if i >= c.warmup {
