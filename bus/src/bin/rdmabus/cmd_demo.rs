@@ -42,6 +42,13 @@ pub struct DemoArgs {
     /// than cores; spin is lowest latency with a core each).
     #[arg(long, default_value = "yield")]
     pub idle: IdleStrategy,
+    /// Inject faults during the run: the publisher (then a separate process) is killed and
+    /// restarted, one subscriber is killed and restarted, the publisher is stopped and
+    /// restarted resuming its numbering; subscribers reconnect and take the history. The
+    /// table shows reconnects, messages from history, and that nothing was lost (exit 1 if
+    /// anything was, under block).
+    #[arg(long)]
+    pub chaos: bool,
 }
 
 struct Kids(Vec<Child>);
@@ -87,6 +94,9 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
                 )),
             },
         };
+    if a.chaos {
+        return crate::cmd_demo_chaos::run(&a, &listen);
+    }
     let node = Node::builder().bind(listen).psk(psk.clone()).start()?;
     let mut quotes = AnyPublisher::new(
         &node,

@@ -45,10 +45,11 @@ pub struct PubArgs {
     /// fall behind (sub --history asks for them); 0 keeps none.
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = crate::parse::history_depth)]
     pub history: u64,
-    /// The first sequence number (to resume a feed's numbering after a restart, so that
-    /// reconnecting subscribers see it continue).
-    #[arg(long, default_value_t = 0, value_name = "SEQ")]
-    pub first_seq: u64,
+    /// The first sequence number, for every topic (SEQ) or one (TOPIC=SEQ; repeat for more):
+    /// to resume a feed's numbering after a restart, so that reconnecting subscribers see it
+    /// continue
+    #[arg(long, value_name = "[TOPIC=]SEQ", value_parser = crate::parse::first_seq)]
+    pub first_seq: Vec<(Option<String>, u64)>,
     /// How to wait when blocked: spin, yield, backoff.
     #[arg(long, default_value = "spin")]
     pub idle: IdleStrategy,
@@ -122,7 +123,13 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
             let budget =
                 (args.block_timeout_ms > 0).then(|| Duration::from_millis(args.block_timeout_ms));
             let mut p = AnyPublisher::new(&node, t, args.policy, args.idle, budget, args.history)?;
-            p.set_next_seq(args.first_seq);
+            let first = args
+                .first_seq
+                .iter()
+                .rev()
+                .find(|(topic, _)| topic.as_deref().is_none_or(|x| x == t))
+                .map_or(0, |(_, seq)| *seq);
+            p.set_next_seq(first);
             Ok::<_, Error>(p)
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -129,6 +129,19 @@ fn snapshot(files: &[StatsFile], only: Option<u32>) -> Vec<Proc> {
         .collect()
 }
 
+/// Messages received so far by the subscriptions of process `pid` (from its stats file).
+pub fn received_by(pid: u32) -> Option<u64> {
+    let procs = snapshot(&stats_file::list(), Some(pid));
+    let p = procs.first()?;
+    Some(
+        p.rows
+            .iter()
+            .filter(|r| r.kind == "subscription")
+            .map(|r| r.counters[S::RECEIVED])
+            .sum(),
+    )
+}
+
 fn us(ns: Option<u64>) -> String {
     ns.map(|n| format!("<{:.1}", n as f64 / 1e3))
         .unwrap_or_else(|| "-".into())
@@ -169,21 +182,22 @@ fn print_table(procs: &[Proc], out: &mut impl Write) -> std::io::Result<()> {
             let c = &r.counters;
             writeln!(
                 out,
-                "    → {:<26} sent {:>12} {:>11}  dropped {} stalls {} errors {}",
+                "    → {:<26} sent {:>12} {:>11}  dropped {} stalls {} errors {} from history {}",
                 r.name,
                 c[L::SENT],
                 rate(r),
                 c[L::DROPPED],
                 c[L::CREDIT_STALLS],
-                c[L::ERRORS]
+                c[L::ERRORS],
+                c[L::REPAIRED]
             )?;
         }
         for r in p.rows.iter().filter(|r| r.kind == "subscription") {
             let c = &r.counters;
             writeln!(
                 out,
-                "  sub   {:<28} received {:>11} {:>11}  gaps {} lost {} corrupt {}  latency p50 {} us p99 {} us",
-                r.name, c[S::RECEIVED], rate(r), c[S::GAPS], c[S::LOST], c[S::CORRUPT], us(r.p50_ns), us(r.p99_ns)
+                "  sub   {:<28} received {:>11} {:>11}  gaps {} lost {} corrupt {} repaired {} reconnects {}  latency p50 {} us p99 {} us",
+                r.name, c[S::RECEIVED], rate(r), c[S::GAPS], c[S::LOST], c[S::CORRUPT], c[S::REPAIRED], c[S::RECONNECTS], us(r.p50_ns), us(r.p99_ns)
             )?;
         }
     }

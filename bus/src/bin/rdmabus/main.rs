@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd_demo;
+mod cmd_demo_chaos;
 mod cmd_doctor;
 mod cmd_keygen;
 mod cmd_pub;
@@ -152,6 +153,21 @@ pub mod parse {
                  as fast as the subscribers allow"
             )),
         }
+    }
+
+    /// A first sequence: `SEQ` (every topic) or `TOPIC=SEQ`.
+    pub fn first_seq(s: &str) -> Result<(Option<String>, u64), String> {
+        let (topic, seq) = match s.split_once('=') {
+            Some((t, n)) => (Some(t.trim().to_string()), n),
+            None => (None, s),
+        };
+        if let Some(t) = &topic {
+            crate::topics::check(t)?;
+        }
+        seq.trim()
+            .parse::<u64>()
+            .map(|n| (topic, n))
+            .map_err(|_| "a first sequence is SEQ or TOPIC=SEQ, SEQ a whole number".to_string())
     }
 
     /// Largest history a publisher may keep.
