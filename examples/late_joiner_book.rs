@@ -6,7 +6,7 @@
 //! subscriber joining after `EARLY` of them asks for all it holds (`HistoryRequest::All`): it
 //! gets them first (`Received::from_history`), then the live stream, with no gap and no
 //! duplicate at the seam. Then the publisher is replaced by a new one (a new epoch) that
-//! resumes the numbering (`set_next_seq`); the subscriber, with `reconnect` on, reports an
+//! resumes the numbering (`first_seq`); the subscriber, with `reconnect` on, reports an
 //! `Event::Session` that continues the old numbering and gets what it missed from the new
 //! publisher's history. At the end its book must equal the one the publisher built. (How many
 //! updates come from history varies: live ones the joiner had no room for yet come from it too.)
@@ -42,8 +42,13 @@ fn main() -> Result<(), Error> {
         Ok(())
     };
 
-    let start = || node.publisher::<BookUpdate>(TOPIC).history(HISTORY).build();
-    let mut books = start()?;
+    let start = |first| {
+        node.publisher::<BookUpdate>(TOPIC)
+            .history(HISTORY)
+            .first_seq(first)
+            .build()
+    };
+    let mut books = start(0)?;
     (0..EARLY).try_for_each(|_| publish(&mut books))?;
     println!("publisher: {EARLY} updates sent, the last {HISTORY} kept; a subscriber joins");
     let (addr, total) = (node.local_addr(), EARLY + LIVE + AFTER);
@@ -58,8 +63,7 @@ fn main() -> Result<(), Error> {
     // "Restart": a new publisher session on the same topic, resuming the numbering.
     let next = books.next_seq();
     books.close(Duration::from_secs(1));
-    let mut books = start()?;
-    books.set_next_seq(next);
+    let mut books = start(next)?;
     println!(
         "publisher: restarted as {:016x}, resuming at #{next}",
         books.epoch()

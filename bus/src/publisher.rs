@@ -43,6 +43,7 @@ pub struct PublisherBuilder<T> {
     max_ring_bytes: u64,
     block_timeout: Option<Duration>,
     history: u64,
+    first_seq: Option<u64>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -60,8 +61,19 @@ impl<T: Message> PublisherBuilder<T> {
             max_ring_bytes: crate::control::limits::DEFAULT_MAX_RING_BYTES,
             block_timeout: Some(DEFAULT_BLOCK_TIMEOUT),
             history: 0,
+            first_seq: None,
             _t: PhantomData,
         }
+    }
+
+    /// Resumes a numbering at `seq` (default: a new numbering from 0): after a restart,
+    /// start where the old publisher stopped, and reconnecting subscribers continue their
+    /// stream (their gap tracking carries on; each asks for exactly what it missed, and a
+    /// replay of what it already has is skipped for it). Unlike
+    /// [`Publisher::set_next_seq`], in force before any subscriber can join.
+    pub fn first_seq(mut self, seq: u64) -> Self {
+        self.first_seq = Some(seq);
+        self
     }
 
     /// Keeps the last `n` messages of the topic (default 0: none), serialized, in the
@@ -163,8 +175,9 @@ impl<T: Message> PublisherBuilder<T> {
             name: self.topic.clone(),
             schema: std::any::type_name::<T>(),
             slot_size,
-            next_seq: AtomicU64::new(0),
+            next_seq: AtomicU64::new(self.first_seq.unwrap_or(0)),
             epoch,
+            resumed_at: Mutex::new(self.first_seq),
             history: self.history,
             next_id: AtomicU32::new(1),
             has_pending: Default::default(),
@@ -196,9 +209,9 @@ impl<T: Message> PublisherBuilder<T> {
             staging,
             memory,
             meta: vec![Meta::default(); staging_slots as usize],
-            window: Window::new(self.history, 0),
+            window: Window::new(self.history, self.first_seq.unwrap_or(0)),
             staging_pos: 0,
-            next_seq: 0,
+            next_seq: self.first_seq.unwrap_or(0),
             epoch,
             policy: self.policy,
             idle: self.idle,
@@ -426,7 +439,8 @@ impl<T> Publisher<T> {
     }
 
     /// Starts sequences at `seq` (before the first send; for tests of wrap-around and for
-    /// resuming a feed's numbering).
+    /// resuming a feed's numbering; [`PublisherBuilder::first_seq`] does it before anyone can
+    /// join). What the history held is no longer offered.
     pub fn set_next_seq(&mut self, seq: u64) {
         self.next_seq = seq;
         // Sequences before the new numbering are no longer offered from the history.
@@ -434,6 +448,11 @@ impl<T> Publisher<T> {
         for link in &mut self.links {
             link.next_unsent = seq;
         }
+        *self
+            .topic
+            .resumed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(seq);
         self.topic.next_seq.store(seq, Ordering::Relaxed);
     }
 
@@ -515,6 +534,22 @@ impl<T> Publisher<T> {
         for l in pending.drain(..) {
             self.counters.entry().add(TP::JOINS, 1);
             l.counters.entry().set(L::ACTIVE, 1);
+            // Where its stream starts: the live edge, as far back in the history as it asked
+            // (fed from there by the next sends, or `pump`), or, reconnecting, exactly where
+            // it left off: what the history no longer holds is announced as dropped.
+            let (next_unsent, dropped_pending) = match l.resume_from {
+                Some(r) if self.window.holds(r) => (r, 0),
+                Some(r) if self.window.oldest().wrapping_sub(r) < 1 << 63 => {
+                    (self.window.oldest(), self.window.oldest().wrapping_sub(r))
+                }
+                // Ahead of us (a resumed numbering replaying what it already has): nothing
+                // is due to it until the numbering reaches it.
+                Some(r) => (r, 0),
+                None => (self.window.start_for(l.history), 0),
+            };
+            if dropped_pending > 0 {
+                l.counters.entry().add(L::DROPPED, dropped_pending);
+            }
             self.links.push(Link {
                 id: l.id,
                 name: l.name,
@@ -523,10 +558,8 @@ impl<T> Publisher<T> {
                 geometry: l.geometry,
                 state: l.state,
                 counters: l.counters,
-                dropped_pending: 0,
-                // Where its stream starts: the live edge, or as far back in the history as
-                // it asked (fed from there by the next sends, or `pump`).
-                next_unsent: self.window.start_for(l.history),
+                dropped_pending,
+                next_unsent,
                 _reservation: l.reservation,
             });
         }
@@ -617,7 +650,7 @@ impl<T> Publisher<T> {
                     link.fail(why);
                     any_dead = true;
                 }
-                Ok(_) if link.next_unsent != end => behind += 1,
+                Ok(_) if is_before(link.next_unsent, end) => behind += 1,
                 Ok(_) => {}
             }
         }
@@ -645,12 +678,12 @@ impl<T> Publisher<T> {
             };
             let mut behind = false;
             for link in &mut self.links {
-                if !link.state.is_active() || link.next_unsent == end {
+                if !link.state.is_active() || !is_before(link.next_unsent, end) {
                     continue;
                 }
                 if let Err(why) = catch_up(link, &feed, end, u32::MAX, None) {
                     link.fail(why);
-                } else if link.next_unsent != end {
+                } else if is_before(link.next_unsent, end) {
                     behind = true;
                 }
             }
@@ -661,7 +694,7 @@ impl<T> Publisher<T> {
         }
         for link in &mut self.links {
             let unsent = end.wrapping_sub(link.next_unsent);
-            if unsent != 0 && link.state.is_active() {
+            if is_before(link.next_unsent, end) && link.state.is_active() {
                 link.dropped_pending += unsent;
                 link.counters.entry().add(L::DROPPED, unsent);
                 link.next_unsent = end;
@@ -722,7 +755,7 @@ fn catch_up(
     live: Option<u64>,
 ) -> Result<bool, String> {
     let mut left = quota;
-    while link.next_unsent != end && left > 0 {
+    while is_before(link.next_unsent, end) && left > 0 {
         if !ready(link)? {
             return Ok(true);
         }
@@ -757,6 +790,9 @@ fn deliver(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
             }
             Ok(false) => {}
         }
+    } else if !is_before(link.next_unsent, end) {
+        // Ahead (it resumed at a sequence this numbering has not reached): nothing due.
+        return true;
     } else {
         // Behind: first, what left the history before it got there.
         let missed = feed.window.oldest().wrapping_sub(link.next_unsent);
@@ -820,6 +856,13 @@ fn deliver(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
         }
     }
     true
+}
+
+/// Whether sequence `a` comes before `b` (serial-number order, wrap-around safe).
+#[inline]
+fn is_before(a: u64, b: u64) -> bool {
+    let d = b.wrapping_sub(a);
+    d != 0 && d < 1 << 63
 }
 
 /// Whether `link` can take a message now: credit in its ring (re-read from its credit word

@@ -37,10 +37,12 @@ pub struct SessionChange {
     pub epoch: u64,
     /// The session before it.
     pub previous_epoch: u64,
-    /// Whether the new session's numbering continues the old one (the publisher resumed it
-    /// with `set_next_seq`): its next sequence is at or after the one this subscriber
-    /// expected, and anything between is reported as a gap. When false the numbering started
-    /// again: sequences of the two sessions are not comparable, and gap tracking restarts.
+    /// Whether the new session continues the old stream: the same publisher answered, or one
+    /// that resumed a numbering (`PublisherBuilder::first_seq`, `pub --first-seq`). The
+    /// subscriber then asked for exactly what it missed: from the history, what left it
+    /// comes as an announced gap, and a replay of what it has is skipped. When false the
+    /// publisher started a new numbering: its history is offered as to a late joiner, and gap
+    /// tracking restarts (sequences of the two sessions are not comparable).
     pub continues: bool,
     /// The sequence the new publisher publishes next (its history, if asked for, comes first).
     pub next_seq: u64,
@@ -48,7 +50,8 @@ pub struct SessionChange {
     pub reason: String,
     /// Attempts it took (1 when the first one succeeded).
     pub attempts: u32,
-    /// Time without a publisher.
+    /// Time without a publisher: from the end of the old session (its ring drained) to the
+    /// new one's handshake done.
     pub down_for: Duration,
 }
 
@@ -82,7 +85,7 @@ pub(crate) struct Down {
 
 impl Rejoin {
     /// The parameters of the next attempt.
-    pub fn params(&self, schema: &'static str) -> ConnectParams<'_> {
+    pub fn params(&self, schema: &'static str, resume: Option<(u64, u64)>) -> ConnectParams<'_> {
         ConnectParams {
             addr: self.addr,
             topic: &self.topic,
@@ -97,6 +100,7 @@ impl Rejoin {
             device: self.device.as_deref(),
             gid_index: self.gid_index,
             history: self.history,
+            resume,
         }
     }
 

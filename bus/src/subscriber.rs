@@ -300,7 +300,7 @@ impl<T: Message> SubscriberBuilder<T> {
             policy: self.reconnect.unwrap_or_default(),
             down: None,
         };
-        let c = connect(rejoin.params(std::any::type_name::<T>()))?;
+        let c = connect(rejoin.params(std::any::type_name::<T>(), None))?;
         let copy = match self.access {
             Access::Copy => CopyBuf::new(c.geometry.payload_capacity()),
             Access::InPlace | Access::Unchecked => CopyBuf::new(0),
@@ -792,13 +792,12 @@ impl<T: Message> Subscriber<T> {
         }
         d.attempts += 1;
         let attempt = d.attempts;
-        match connect(r.params(std::any::type_name::<T>())) {
+        let resume = self.gaps.expected().map(|e| (d.previous_epoch, e));
+        match connect(r.params(std::any::type_name::<T>(), resume)) {
             Ok(c) => {
+                let now = std::time::Instant::now();
                 let d = r.down.take().expect("down");
-                let continues = match self.gaps.expected() {
-                    Some(expected) => c.welcome.next_seq.wrapping_sub(expected) < 1 << 63,
-                    None => true,
-                };
+                let continues = c.continues;
                 let change = SessionChange {
                     epoch: c.welcome.epoch,
                     previous_epoch: d.previous_epoch,

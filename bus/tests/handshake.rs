@@ -70,6 +70,7 @@ fn authenticated_auth(
             ring,
             endpoint,
             history: 0,
+            resume_from: None,
         },
         Instant::now(),
     );

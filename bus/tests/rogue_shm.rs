@@ -186,6 +186,7 @@ impl Rogue {
                 },
                 endpoint: SubEndpoint::Shm,
                 history: 0,
+                resume_from: None,
             },
             Instant::now(),
         );

@@ -41,6 +41,7 @@ fn rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::Join
                 },
                 endpoint: SubEndpoint::Verbs(ep),
                 history: 0,
+                resume_from: None,
             },
             Instant::now(),
         );

@@ -52,6 +52,7 @@ fn rnr_rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::
                 },
                 endpoint: SubEndpoint::Verbs(ring.endpoint()),
                 history: 0,
+                resume_from: None,
             },
             Instant::now(),
         );

@@ -111,11 +111,14 @@ impl Window {
         self.lag(cursor) <= self.held()
     }
 
-    /// The staging slot of held sequence `seq`, in a staging ring of `slots` slots where the
-    /// `k`-th send since the start used slot `k mod slots`, `sends` sends so far.
+    /// The staging slot of held sequence `seq`, in a staging ring of `slots` slots (a power
+    /// of two) where the `k`-th send since the start used slot `k mod slots`, `sends` sends
+    /// so far.
+    #[inline]
     pub fn slot_of(&self, seq: u64, sends: u64, slots: u64) -> u64 {
+        debug_assert!(slots.is_power_of_two());
         let back = self.next.wrapping_sub(seq); // 1 for the newest
-        sends.wrapping_sub(back) % slots
+        sends.wrapping_sub(back) & (slots - 1)
     }
 }
 

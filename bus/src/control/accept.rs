@@ -33,6 +33,7 @@ struct Progress {
     shm_credit_fd: Option<OwnedFd>,
     link: Option<(u32, Box<dyn RemoteRing>, RingGeometry)>,
     history: rdmabus_proto::history::HistoryRequest,
+    resume_from: Option<u64>,
 }
 
 /// Serves one connection: handshake, then hands the link to the publisher and keeps heartbeats.
@@ -136,6 +137,8 @@ fn decide_topic(node: &NodeShared, hs: &mut ServerHandshake, p: &mut Progress, h
         Accept {
             slot_size: topic.slot_size,
             shm,
+            epoch: topic.epoch,
+            resumed_at: *topic.resumed_at.lock().unwrap_or_else(|p| p.into_inner()),
         },
         Instant::now(),
     );
@@ -199,6 +202,7 @@ fn set_up_ring(
             let id = topic.next_id.fetch_add(1, Ordering::Relaxed);
             p.link = Some((id, ring, geometry));
             p.history = rdmabus_proto::history::HistoryRequest::from_wire(auth.history);
+            p.resume_from = auth.resume_from;
             hs.welcome(
                 Welcome {
                     subscriber_id: id,
@@ -317,6 +321,7 @@ fn established(node: &NodeShared, mut fs: FramedStream, mut session: Session, p:
         counters: crate::stats_file::Counters::new(crate::stats_file::Kind::Link, id, &link_name),
         reservation,
         history: p.history,
+        resume_from: p.resume_from,
     };
     {
         let mut pending = topic.pending.lock().unwrap_or_else(|p| p.into_inner());

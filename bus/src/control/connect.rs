@@ -30,6 +30,8 @@ pub(crate) struct ConnectParams<'a> {
     pub device: Option<&'a str>,
     pub gid_index: Option<u8>,
     pub history: rdmabus_proto::history::HistoryRequest,
+    /// Reconnecting: the previous session's epoch and the sequence expected next.
+    pub resume: Option<(u64, u64)>,
 }
 
 /// A subscription after a successful handshake.
@@ -39,6 +41,9 @@ pub(crate) struct Connected {
     pub welcome: Welcome,
     pub state: Arc<LinkState>,
     pub session: JoinHandle<()>,
+    /// Whether this session continues the stream of `ConnectParams::resume` (true for a
+    /// first connection).
+    pub continues: bool,
 }
 
 /// The subscriber's ring before `Welcome`, per transport.
@@ -119,6 +124,7 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
         Instant::now(),
     );
     let mut pending: Option<(Pending, RingGeometry)> = None;
+    let mut continues = true;
     let mut ready: Option<(Box<dyn LocalRing>, RingGeometry, Welcome)> = None;
     let mut chunk = [0u8; 4096];
     loop {
@@ -131,23 +137,33 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
             let step = match event {
                 ClientEvent::Accepted(accept) => {
                     let offer = accept.shm.clone();
-                    build_ring(&p, &fs, &mut hs, accept).and_then(|(mut pend, geometry, auth)| {
-                        hs.auth(auth, Instant::now());
-                        while let Some(frame) = hs.poll_transmit() {
-                            fs.send_raw(&frame)?;
-                        }
-                        // The publisher registered the ticket before it sent Accept, and
-                        // waits for the memory once it has Auth.
-                        if let (Pending::Shm(local, credit), Some(offer)) = (&mut pend, offer) {
-                            match hand_over(local, &offer, p.timeout) {
-                                Ok(fd) => *credit = Some(fd),
-                                // The publisher may have said why on the connection.
-                                Err(e) => return Err(refusal_or(&mut fs, &mut hs, e, p.addr)),
+                    // Reconnecting: the same publisher, or one that resumed a numbering,
+                    // continues the stream, and we ask for exactly what we miss. A new
+                    // numbering starts again.
+                    let resume_from = p.resume.and_then(|(epoch, expected)| {
+                        (accept.epoch == epoch || accept.resumed_at.is_some()).then_some(expected)
+                    });
+                    continues = p.resume.is_none() || resume_from.is_some();
+                    build_ring(&p, &fs, &mut hs, accept).and_then(
+                        |(mut pend, geometry, mut auth)| {
+                            auth.resume_from = resume_from;
+                            hs.auth(auth, Instant::now());
+                            while let Some(frame) = hs.poll_transmit() {
+                                fs.send_raw(&frame)?;
                             }
-                        }
-                        pending = Some((pend, geometry));
-                        Ok(())
-                    })
+                            // The publisher registered the ticket before it sent Accept, and
+                            // waits for the memory once it has Auth.
+                            if let (Pending::Shm(local, credit), Some(offer)) = (&mut pend, offer) {
+                                match hand_over(local, &offer, p.timeout) {
+                                    Ok(fd) => *credit = Some(fd),
+                                    // The publisher may have said why on the connection.
+                                    Err(e) => return Err(refusal_or(&mut fs, &mut hs, e, p.addr)),
+                                }
+                            }
+                            pending = Some((pend, geometry));
+                            Ok(())
+                        },
+                    )
                 }
                 ClientEvent::Welcomed(welcome) => match pending.take() {
                     Some((pend, geometry)) => attach(pend, &welcome).map(|local| {
@@ -179,6 +195,7 @@ pub(crate) fn connect(p: ConnectParams<'_>) -> Result<Connected, Error> {
                         welcome,
                         state,
                         session,
+                        continues,
                     });
                 }
                 ClientEvent::Failed(e) => {
@@ -247,6 +264,7 @@ fn build_ring(
                     ring,
                     endpoint: SubEndpoint::Shm,
                     history: p.history.to_wire(),
+                    resume_from: None,
                 },
             ))
         }
@@ -263,6 +281,7 @@ fn build_ring(
                     ring,
                     endpoint: SubEndpoint::Verbs(ep),
                     history: p.history.to_wire(),
+                    resume_from: None,
                 },
             ))
         }

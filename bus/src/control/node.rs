@@ -50,6 +50,8 @@ pub(crate) struct NewLink {
     pub reservation: Reservation,
     /// How much retained history it asked for.
     pub history: rdmabus_proto::history::HistoryRequest,
+    /// Reconnecting and continuing: the sequence it expects next.
+    pub resume_from: Option<u64>,
 }
 
 /// What the control plane knows of one topic.
@@ -58,8 +60,10 @@ pub(crate) struct TopicShared {
     pub schema: &'static str,
     pub slot_size: u32,
     pub next_seq: AtomicU64,
-    /// The publisher's session identity, sent in `Welcome`.
+    /// The publisher's session identity, sent in `Accept` and `Welcome`.
     pub epoch: u64,
+    /// Where the session resumed a numbering, if it did (sent in `Accept`).
+    pub resumed_at: Mutex<Option<u64>>,
     /// Messages the publisher retains (its history depth).
     pub history: u64,
     pub next_id: AtomicU32,

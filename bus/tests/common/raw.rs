@@ -137,6 +137,8 @@ impl RawPub {
                                     socket: exchange.name().to_string(),
                                     ticket,
                                 }),
+                                epoch: 9,
+                                resumed_at: None,
                             },
                             Instant::now(),
                         );
@@ -260,6 +262,7 @@ impl RawSub {
                 },
                 endpoint: SubEndpoint::Shm,
                 history: 0,
+                resume_from: None,
             },
             Instant::now(),
         );

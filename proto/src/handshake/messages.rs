@@ -128,6 +128,12 @@ pub struct Accept {
     pub slot_size: u32,
     /// Where to hand over shared memory (shm transport only).
     pub shm: Option<ShmOffer>,
+    /// The publisher's session (random per publisher; also in `Welcome`).
+    pub epoch: u64,
+    /// Where the session resumed a numbering (`None`: it started a new one). A reconnecting
+    /// subscriber continues its stream on a resumed numbering (or the same epoch), and starts
+    /// again on a new one.
+    pub resumed_at: Option<u64>,
 }
 
 /// Ring geometry as it travels.
@@ -151,6 +157,9 @@ pub struct Auth {
     /// How many retained messages it wants before the live stream
     /// ([`crate::history::HistoryRequest::to_wire`]: 0 none, `u64::MAX` all).
     pub history: u64,
+    /// A reconnecting subscriber continuing the stream: start at this sequence (from the
+    /// history if held; what left it is announced as dropped). Overrides `history`.
+    pub resume_from: Option<u64>,
 }
 
 /// The publisher accepted the subscriber.
@@ -463,10 +472,14 @@ mod tests {
                     socket: "rdmabus/1/abc".into(),
                     ticket: [4; 32],
                 }),
+                epoch: u64::MAX,
+                resumed_at: Some(7),
             }),
             ControlMsg::Accept(Accept {
                 slot_size: 128,
                 shm: None,
+                epoch: 9,
+                resumed_at: None,
             }),
             ControlMsg::Auth(Auth {
                 ring: RingDescriptor {
@@ -475,6 +488,7 @@ mod tests {
                 },
                 endpoint: SubEndpoint::Shm,
                 history: 0,
+                resume_from: None,
             }),
             ControlMsg::Auth(Auth {
                 ring: RingDescriptor {
@@ -483,6 +497,7 @@ mod tests {
                 },
                 endpoint: SubEndpoint::Verbs(verbs),
                 history: 0,
+                resume_from: None,
             }),
             ControlMsg::Welcome(Welcome {
                 subscriber_id: 9,

@@ -39,6 +39,7 @@ fn auth() -> Auth {
         },
         endpoint: SubEndpoint::Shm,
         history: 0,
+        resume_from: None,
     }
 }
 
@@ -76,6 +77,8 @@ fn establish(ckey: [u8; 32], skey: [u8; 32]) -> (Option<ClientEvent>, Option<Ser
                         Accept {
                             slot_size: 128,
                             shm: None,
+                            epoch: 9,
+                            resumed_at: None,
                         },
                         now,
                     )
@@ -226,6 +229,8 @@ fn relay_that_rewrites_auth_is_refused() {
         Accept {
             slot_size: 128,
             shm: None,
+            epoch: 9,
+            resumed_at: None,
         },
         now,
     );
@@ -320,6 +325,8 @@ fn an_impostor_publisher_cannot_accept() {
         &fake.seal(&ControlMsg::Accept(Accept {
             slot_size: 64,
             shm: None,
+            epoch: 9,
+            resumed_at: None,
         })),
         now,
     );
@@ -341,6 +348,8 @@ fn an_impostor_publisher_cannot_accept() {
         &ControlMsg::Accept(Accept {
             slot_size: 64,
             shm: None,
+            epoch: 9,
+            resumed_at: None,
         })
         .encode(),
         now,
@@ -493,6 +502,8 @@ fn every_wait_on_the_peer_is_bounded() {
         Accept {
             slot_size: 64,
             shm: None,
+            epoch: 9,
+            resumed_at: None,
         },
         t1,
     );
@@ -524,6 +535,8 @@ fn a_welcome_with_an_absurd_heartbeat_is_refused() {
         Accept {
             slot_size: 64,
             shm: None,
+            epoch: 9,
+            resumed_at: None,
         },
         now,
     );
@@ -557,7 +570,9 @@ fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
         any::<[u8; 32]>().prop_map(|p| ControlMsg::Proof(ProofMsg { proof: p })),
         Just(ControlMsg::Accept(Accept {
             slot_size: 64,
-            shm: None
+            shm: None,
+            epoch: 1,
+            resumed_at: None,
         })),
         Just(ControlMsg::Auth(auth())),
         Just(ControlMsg::Welcome(welcome())),
@@ -627,7 +642,15 @@ proptest! {
             }
             while let Some(e) = s.poll_event() {
                 match e {
-                    ServerEvent::Authenticated(_) => s.accept(Accept { slot_size: 64, shm: None }, now),
+                    ServerEvent::Authenticated(_) => s.accept(
+                        Accept {
+                            slot_size: 64,
+                            shm: None,
+                            epoch: 1,
+                            resumed_at: None,
+                        },
+                        now,
+                    ),
                     ServerEvent::Ring(_) => s.welcome(welcome(), now),
                     ServerEvent::Established(_) => established += 1,
                     ServerEvent::Failed(_) => {}

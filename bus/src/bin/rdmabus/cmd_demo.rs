@@ -105,6 +105,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         IdleStrategy::Yield,
         Some(rdmabus::DEFAULT_BLOCK_TIMEOUT),
         0,
+        None,
     )?;
     let mut trades = AnyPublisher::new(
         &node,
@@ -113,6 +114,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         IdleStrategy::Yield,
         Some(rdmabus::DEFAULT_BLOCK_TIMEOUT),
         0,
+        None,
     )?;
     let exe =
         std::env::current_exe().map_err(|e| Error::io("finding the rdmabus executable", e))?;

@@ -122,15 +122,21 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         .map(|t| {
             let budget =
                 (args.block_timeout_ms > 0).then(|| Duration::from_millis(args.block_timeout_ms));
-            let mut p = AnyPublisher::new(&node, t, args.policy, args.idle, budget, args.history)?;
             let first = args
                 .first_seq
                 .iter()
                 .rev()
                 .find(|(topic, _)| topic.as_deref().is_none_or(|x| x == t))
-                .map_or(0, |(_, seq)| *seq);
-            p.set_next_seq(first);
-            Ok::<_, Error>(p)
+                .map(|(_, seq)| *seq);
+            AnyPublisher::new(
+                &node,
+                t,
+                args.policy,
+                args.idle,
+                budget,
+                args.history,
+                first,
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     eprintln!(

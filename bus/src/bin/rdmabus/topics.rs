@@ -34,7 +34,7 @@ pub enum AnyPublisher {
 }
 
 impl AnyPublisher {
-    /// Creates the publisher for `topic` on `node`.
+    /// Creates the publisher for `topic` on `node` (`first_seq`: resume a numbering there).
     pub fn new(
         node: &rdmabus::Node,
         topic: &str,
@@ -42,32 +42,43 @@ impl AnyPublisher {
         idle: rdmabus::IdleStrategy,
         block_timeout: Option<std::time::Duration>,
         history: u64,
+        first_seq: Option<u64>,
     ) -> Result<Self, Error> {
+        fn configure<T: rdmabus::Message>(
+            b: rdmabus::PublisherBuilder<T>,
+            (policy, idle, block_timeout, history, first_seq): Options,
+        ) -> rdmabus::PublisherBuilder<T> {
+            let b = b
+                .policy(policy)
+                .idle(idle)
+                .block_timeout(block_timeout)
+                .history(history);
+            match first_seq {
+                Some(s) => b.first_seq(s),
+                None => b,
+            }
+        }
+        type Options = (
+            rdmabus::Policy,
+            rdmabus::IdleStrategy,
+            Option<std::time::Duration>,
+            u64,
+            Option<u64>,
+        );
+        let o: Options = (policy, idle, block_timeout, history, first_seq);
         Ok(match topic {
             "quotes" => Self::Quotes(
-                node.publisher("quotes")
-                    .policy(policy)
-                    .idle(idle)
-                    .block_timeout(block_timeout)
-                    .history(history)
+                configure(node.publisher("quotes"), o)
                     .max_payload(96)
                     .build()?,
             ),
             "trades" => Self::Trades(
-                node.publisher("trades")
-                    .policy(policy)
-                    .idle(idle)
-                    .block_timeout(block_timeout)
-                    .history(history)
+                configure(node.publisher("trades"), o)
                     .max_payload(96)
                     .build()?,
             ),
             "books" => Self::Books(
-                node.publisher("books")
-                    .policy(policy)
-                    .idle(idle)
-                    .block_timeout(block_timeout)
-                    .history(history)
+                configure(node.publisher("books"), o)
                     .max_payload(992)
                     .build()?,
             ),
@@ -162,15 +173,6 @@ impl AnyPublisher {
             Self::Quotes(p) => p.pump(),
             Self::Trades(p) => p.pump(),
             Self::Books(p) => p.pump(),
-        }
-    }
-
-    /// Starts the numbering at `seq` (to resume a feed's numbering after a restart).
-    pub fn set_next_seq(&mut self, seq: u64) {
-        match self {
-            Self::Quotes(p) => p.set_next_seq(seq),
-            Self::Trades(p) => p.set_next_seq(seq),
-            Self::Books(p) => p.set_next_seq(seq),
         }
     }
 
