@@ -29,10 +29,12 @@ const MODES: [(&str, Access); 3] = [
 ];
 
 /// One group `hot_path/<name>`: a round trip per iteration (`send` publishes message `i`,
-/// `read` touches the received archive), one benchmark per access mode.
+/// `read` touches the received archive), one benchmark per access mode; the publisher keeps
+/// `history` messages (nobody catches up: the cost of keeping them).
 fn one_group<T: Message>(
     c: &mut Criterion,
     name: &str,
+    history: u64,
     max_payload: usize,
     mut send: impl FnMut(&mut Publisher<T>, u64),
     read: impl Fn(&T::Archived) -> u64,
@@ -42,6 +44,7 @@ fn one_group<T: Message>(
     let mut publisher = node
         .publisher::<T>(&topic)
         .max_payload(max_payload)
+        .history(history)
         .build()
         .unwrap();
     let mut g = c.benchmark_group(format!("hot_path/{name}"));
@@ -77,25 +80,29 @@ fn one_group<T: Message>(
 }
 
 fn round_trip(c: &mut Criterion) {
-    one_group::<Quote>(
-        c,
-        "quote",
-        96,
-        |p, i| {
-            p.loan()
-                .unwrap()
-                .write(&Quote::synthetic(i))
-                .unwrap()
-                .send()
-                .unwrap();
-        },
-        |q| q.bid_px.to_native() as u64,
-    );
+    for (name, history) in [("quote", 0), ("quote_history_4096", 4096)] {
+        one_group::<Quote>(
+            c,
+            name,
+            history,
+            96,
+            |p, i| {
+                p.loan()
+                    .unwrap()
+                    .write(&Quote::synthetic(i))
+                    .unwrap()
+                    .send()
+                    .unwrap();
+            },
+            |q| q.bid_px.to_native() as u64,
+        );
+    }
     for size in [1024usize, 4096] {
         let mut msg = BenchMsg::of_size(size);
         one_group::<BenchMsg>(
             c,
             &format!("bytes_{size}"),
+            0,
             BenchMsg::archived_len(size) + 64,
             move |p, i| {
                 msg.stamp = i;
