@@ -189,4 +189,61 @@ fn hot_path_allocates_nothing() {
         n, 0,
         "{n} allocations on the hot path (books, with drops and gaps, every mode)"
     );
+
+    // The history: Drop subscribers that fall behind and are fed from it (by sends and by
+    // `pump`), every mode.
+    let mut hist = node
+        .publisher::<Quote>("h")
+        .max_payload(96)
+        .policy(Policy::Drop)
+        .history(512)
+        .build()
+        .unwrap();
+    let mut hs: Vec<Subscriber<Quote>> = MODES
+        .iter()
+        .map(|&a| {
+            common::subscriber::<Quote>(node.local_addr(), "h", psk())
+                .slots(64)
+                .access(a)
+                .connect()
+                .unwrap()
+        })
+        .collect();
+    hist.wait_for_subscribers(MODES.len(), Duration::from_secs(5))
+        .unwrap();
+    let lap = |hist: &mut rdmabus::Publisher<Quote>, hs: &mut [Subscriber<Quote>]| {
+        let mut got = 0u64;
+        for i in 0..300 {
+            hist.publish(&Quote::synthetic(i)).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while got < 300 * hs.len() as u64 {
+            assert!(std::time::Instant::now() < deadline, "stuck at {got}");
+            hist.pump();
+            for s in hs.iter_mut() {
+                while let Some(e) = s.poll().unwrap() {
+                    if let Event::Message(_) = e {
+                        got += 1;
+                    }
+                }
+            }
+        }
+        got
+    };
+    for _ in 0..3 {
+        lap(&mut hist, &mut hs);
+    }
+    let (got, n) = count(|| (0..20).map(|_| lap(&mut hist, &mut hs)).sum::<u64>());
+    assert_eq!(
+        got,
+        20 * 300 * MODES.len() as u64,
+        "a catch-up lost messages"
+    );
+    for s in &hs {
+        assert!(s.stats().repaired > 0, "the history path was not exercised");
+    }
+    assert_eq!(
+        n, 0,
+        "{n} allocations on the hot path (catching up from the history, every mode)"
+    );
 }
