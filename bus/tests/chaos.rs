@@ -1,7 +1,8 @@
 //! Chaos: real publisher and subscriber processes, and rogue subscribers in this process,
 //! with faults injected at random moments: SIGKILL, SIGSTOP (then SIGCONT), SIGTERM of
-//! subscribers and publishers; a subscriber that never consumes; one that writes bad credit;
-//! one that tries to shrink its ring; all on a small tmpfs as the shm directory when root.
+//! subscribers and publishers; a subscriber that never consumes; over shm one that writes
+//! bad credit and one that tries to shrink its ring, over verbs one that stops reposting
+//! receives; all on a small tmpfs as the shm directory when root.
 //!
 //! It asserts that every surviving Block subscriber's stream is complete, in order and
 //! without duplicates (up to where its publisher ended, when the publisher was the one
@@ -19,6 +20,8 @@ use rdmabus::proto::market::Quote;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Messages each round's publisher sends.
@@ -47,6 +50,7 @@ enum Fault {
     NeverConsumes,
     BadCredit,
     ShrinkRing,
+    StopsReposting,
     KillPublisher,
     TermPublisher,
 }
@@ -60,6 +64,7 @@ impl Fault {
             Self::NeverConsumes => "rogue: never consumes",
             Self::BadCredit => "rogue: bad credit (shm)",
             Self::ShrinkRing => "rogue: shrinks its ring (shm)",
+            Self::StopsReposting => "rogue: stops reposting receives (verbs)",
             Self::KillPublisher => "SIGKILL publisher",
             Self::TermPublisher => "SIGTERM publisher",
         }
@@ -168,7 +173,9 @@ fn chaos() {
             Fault::TermSubscriber,
             Fault::NeverConsumes,
         ];
-        if !verbs {
+        if verbs {
+            faults.push(Fault::StopsReposting);
+        } else {
             faults.extend([Fault::BadCredit, Fault::ShrinkRing]);
         }
         let mut publisher = Command::new(env!("CARGO_BIN_EXE_rdmabus"));
@@ -183,8 +190,8 @@ fn chaos() {
                 "block",
             ])
             // Everyone joins before the stream starts: 3 targets, the one that never
-            // consumes, the shm rogues, 2 good subscribers.
-            .args(["--wait-subscribers", if verbs { "6" } else { "8" }])
+            // consumes, the shm rogues or the verbs one, 2 good subscribers.
+            .args(["--wait-subscribers", if verbs { "7" } else { "8" }])
             .env("RDMABUS_PSK", common::KEY)
             .env("RDMABUS_SHM_DIR", &shm_dir)
             .stdin(Stdio::null())
@@ -208,13 +215,15 @@ fn chaos() {
             .unwrap();
         let rogue = (!verbs).then(|| std::thread::spawn(move || shm_rogue(addr, true)));
         let shrink = (!verbs).then(|| std::thread::spawn(move || shm_rogue(addr, false)));
+        let rnr_stop = Arc::new(AtomicBool::new(false));
+        let rnr = verbs.then(|| common::raw::rnr_rogue(addr, rnr_stop.clone()));
         std::thread::sleep(Duration::from_millis(300));
         let good: Vec<Proc> = (0..2)
             .map(|_| spawn_sub(addr, &["--count", &N.to_string(), "--verify"], &shm_dir))
             .collect();
         // Faults only once everyone has joined (under emulation a join can take seconds):
         // the publisher's stats file lists its links.
-        let expected = if verbs { 6 } else { 8 };
+        let expected = if verbs { 7 } else { 8 };
         wait_for_links(publisher.pid(), expected, &shm_dir);
         // Faults at random moments of the ~0.3 s stream (and the stall budget after it).
         let t0 = Instant::now();
@@ -252,6 +261,10 @@ fn chaos() {
         }
         if let Some(s) = shrink {
             s.join().unwrap();
+        }
+        rnr_stop.store(true, Ordering::Relaxed);
+        if let Some(r) = rnr {
+            r.join().unwrap();
         }
         let mut lost_total = 0;
         for r in &reports {

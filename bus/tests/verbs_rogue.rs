@@ -9,13 +9,8 @@
 mod common;
 
 use common::psk;
-use common::raw::RawSub;
-use rdmabus::proto::handshake::*;
+use common::raw::rnr_rogue;
 use rdmabus::proto::market::Quote;
-use rdmabus::proto::slot::HEADER_LEN;
-use rdmabus::proto::{RingGeometry, SlotHeader};
-use rdmabus::transport::LocalRing;
-use rdmabus::verbs::{self, VerbsLocalRing};
 use rdmabus::{Event, LinkEnd, Policy, Subscriber, Transport};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -25,84 +20,6 @@ use std::time::{Duration, Instant};
 const N: u64 = 3000;
 /// The first sequence (nonzero, so a zeroed slot is never taken for a message).
 const FIRST: u64 = 1000;
-/// The rogue's ring: this many receives are posted once and never again.
-const ROGUE_SLOTS: u32 = 256;
-
-/// Handshakes as a subscriber with a ring of [`ROGUE_SLOTS`] slots, then never polls its
-/// completion queue (so no receive is ever reposted) while it returns credit for every slot
-/// it sees written (reading the slot headers themselves), and keeps heartbeating until `stop`.
-fn rnr_rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut sub = RawSub::connect(
-            addr,
-            &psk(),
-            "quotes",
-            std::any::type_name::<Quote>(),
-            TransportKind::Verbs,
-        );
-        let accept = sub.accepted();
-        let choice = verbs::choose(None, None, sub.fs.local_addr().unwrap().ip()).unwrap();
-        let geometry = RingGeometry::new(ROGUE_SLOTS, accept.slot_size).unwrap();
-        let mut ring = VerbsLocalRing::create(&choice, geometry).unwrap();
-        sub.hs.auth(
-            Auth {
-                ring: RingDescriptor {
-                    slots: ROGUE_SLOTS,
-                    slot_size: accept.slot_size,
-                },
-                endpoint: SubEndpoint::Verbs(ring.endpoint()),
-                history: 0,
-                resume_from: None,
-            },
-            Instant::now(),
-        );
-        let ClientEvent::Welcomed(w) = sub.next_event() else {
-            panic!("no Welcome")
-        };
-        let PubEndpoint::Verbs(pub_ep) = w.endpoint else {
-            panic!("not a verbs Welcome")
-        };
-        ring.connect(&pub_ep).unwrap();
-        sub.hs.ready(0);
-        let ClientEvent::Established(mut session) = sub.next_event() else {
-            panic!("not established")
-        };
-        let start = w.next_seq;
-        let mut credited = 0u64;
-        let mut beat = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let before = credited;
-            loop {
-                let mut b = [0u8; HEADER_LEN];
-                let at = ring.slot_ptr(geometry.index(credited));
-                for (i, byte) in b.iter_mut().enumerate() {
-                    // SAFETY: the slot holds slot_size >= HEADER_LEN bytes of the live ring;
-                    // volatile byte loads of memory the NIC may be writing.
-                    *byte = unsafe { std::ptr::read_volatile(at.add(i)) };
-                }
-                match SlotHeader::from_bytes(&b) {
-                    Some(h) if h.seq == start + credited => credited += 1,
-                    _ => break,
-                }
-            }
-            if credited != before && ring.return_credit(credited).is_err() {
-                break;
-            }
-            if beat.elapsed() > Duration::from_millis(50) {
-                beat = Instant::now();
-                let hb = session.seal(&ControlMsg::Heartbeat(Heartbeat { sent_ns: 0 }));
-                if sub.fs.send_raw(&hb).is_err() {
-                    break;
-                }
-            }
-            let mut buf = [0u8; 4096];
-            let _ = sub
-                .fs
-                .read_until(Instant::now() + Duration::from_millis(1), &mut buf);
-        }
-        drop(ring);
-    })
-}
 
 struct Outcome {
     stats: rdmabus::PublisherStats,
