@@ -246,6 +246,8 @@ struct Link {
     dropped_pending: u64,
     /// Its cursor: the next sequence it is due (the live edge, or behind it in the history).
     next_unsent: u64,
+    /// Whether its transport has a send queue that can fill (asked only then).
+    bounded: bool,
     /// Its share of the topic's caps, given back when the link is removed.
     _reservation: crate::control::limits::Reservation,
 }
@@ -550,6 +552,7 @@ impl<T> Publisher<T> {
             if dropped_pending > 0 {
                 l.counters.entry().add(L::DROPPED, dropped_pending);
             }
+            let bounded = l.ring.bounded_queue();
             self.links.push(Link {
                 id: l.id,
                 name: l.name,
@@ -560,6 +563,7 @@ impl<T> Publisher<T> {
                 counters: l.counters,
                 dropped_pending,
                 next_unsent,
+                bounded,
                 _reservation: l.reservation,
             });
         }
@@ -590,13 +594,16 @@ impl<T> Publisher<T> {
         self.adopt_pending();
         let seq = self.next_seq;
         let publish_ns = now_ns();
-        let slot = self.staging.index(self.staging_pos) as usize;
-        debug_assert_eq!(self.staging.offset_of_index(slot as u32), offset);
-        self.meta[slot] = Meta {
-            seq,
-            publish_ns,
-            len: len as u32,
-        };
+        if self.window.depth() > 0 {
+            // Kept for replays (without a history nothing is ever replayed).
+            let slot = self.staging.index(self.staging_pos) as usize;
+            debug_assert_eq!(self.staging.offset_of_index(slot as u32), offset);
+            self.meta[slot] = Meta {
+                seq,
+                publish_ns,
+                len: len as u32,
+            };
+        }
         self.staging_pos = self.staging_pos.wrapping_add(1);
         self.window.record(seq);
         let feed = Feed {
@@ -608,6 +615,8 @@ impl<T> Publisher<T> {
             memory: &self.memory,
             staging: self.staging,
             sends: self.staging_pos,
+            live: &self.memory[offset + HEADER_LEN..offset + HEADER_LEN + len],
+            live_ns: publish_ns,
         };
         let mut any_dead = false;
         for link in &mut self.links {
@@ -640,6 +649,8 @@ impl<T> Publisher<T> {
             memory: &self.memory,
             staging: self.staging,
             sends: self.staging_pos,
+            live: &[],
+            live_ns: 0,
         };
         let end = self.next_seq;
         let mut behind = 0;
@@ -675,6 +686,8 @@ impl<T> Publisher<T> {
                 memory: &self.memory,
                 staging: self.staging,
                 sends: self.staging_pos,
+                live: &[],
+                live_ns: 0,
             };
             let mut behind = false;
             for link in &mut self.links {
@@ -714,6 +727,29 @@ struct Feed<'a> {
     staging: RingGeometry,
     /// Sends so far, the current one included.
     sends: u64,
+    /// The message being sent now (empty for `pump`): its payload and publish time.
+    live: &'a [u8],
+    live_ns: u64,
+}
+
+/// Writes the message being sent now, `seq`, into `link`'s ring (credit and room checked by
+/// the caller): the common case, straight from the loaned slot.
+#[inline]
+fn write_live(link: &mut Link, feed: &Feed<'_>, seq: u64) -> Result<(), String> {
+    let header = SlotHeader::new(
+        seq,
+        feed.live_ns,
+        feed.live.len() as u32,
+        link.dropped_pending,
+    );
+    let pos = link.credit.acquire().expect("credit checked by the caller");
+    link.ring
+        .write(link.geometry.index(pos), &header, feed.live, imm_of(seq))
+        .map_err(|e| format!("write failed: {e}"))?;
+    link.dropped_pending = 0;
+    link.next_unsent = seq.wrapping_add(1);
+    link.counters.entry().add(L::SENT, 1);
+    Ok(())
 }
 
 /// Writes held message `seq` into `link`'s ring (credit and room checked by the caller).
@@ -773,12 +809,11 @@ fn deliver(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
     if !link.state.is_active() {
         return false;
     }
-    let end = seq.wrapping_add(1);
     if link.next_unsent == seq {
-        // At the live edge: the common case.
+        // At the live edge with room: the common case.
         match ready(link) {
             Ok(true) => {
-                if let Err(why) = write_one(link, feed, seq, true) {
+                if let Err(why) = write_live(link, feed, seq) {
                     link.fail(why);
                     return false;
                 }
@@ -790,6 +825,18 @@ fn deliver(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
             }
             Ok(false) => {}
         }
+    }
+    deliver_slow(link, feed, seq)
+}
+
+/// [`deliver`] when the link is not at the live edge with room: behind (catching up from the
+/// history), ahead, or out of room (the policy decides).
+#[cold]
+#[inline(never)]
+fn deliver_slow(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
+    let end = seq.wrapping_add(1);
+    if link.next_unsent == seq {
+        // At the live edge, without room: the policy below.
     } else if !is_before(link.next_unsent, end) {
         // Ahead (it resumed at a sequence this numbering has not reached): nothing due.
         return true;
@@ -830,7 +877,12 @@ fn deliver(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
                     return false;
                 }
                 let next = link.next_unsent;
-                if let Err(why) = write_one(link, feed, next, next == seq) {
+                let written = if next == seq {
+                    write_live(link, feed, seq)
+                } else {
+                    write_one(link, feed, next, false)
+                };
+                if let Err(why) = written {
                     link.fail(why);
                     return false;
                 }
@@ -876,6 +928,9 @@ fn ready(link: &mut Link) -> Result<bool, String> {
         if link.credit.available() == 0 {
             return Ok(false);
         }
+    }
+    if !link.bounded {
+        return Ok(true);
     }
     link.ring
         .has_room()

@@ -41,6 +41,12 @@ pub trait RemoteRing: Send {
     /// The consumed position the subscriber last wrote into this link's credit word.
     fn consumed(&self) -> u64;
 
+    /// Whether the transport has a queue of its own that can fill up (over verbs: the send
+    /// queue); only then does the publisher ask [`has_room`](Self::has_room).
+    fn bounded_queue(&self) -> bool {
+        false
+    }
+
     /// Whether the transport can take a write now, besides the ring's credit (over verbs:
     /// room in the send queue). The publisher treats `false` as "no credit". Must not
     /// allocate or block.

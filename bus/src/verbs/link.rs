@@ -297,6 +297,10 @@ impl RemoteRing for VerbsRemoteRing {
         Ok(())
     }
 
+    fn bounded_queue(&self) -> bool {
+        true
+    }
+
     #[inline]
     fn has_room(&mut self) -> Result<bool, Error> {
         if self.posted - self.completed < SQ_DEPTH as u64 - 2 {
