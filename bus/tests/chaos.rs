@@ -320,7 +320,7 @@ fn chaos() {
         .collect();
     let mut table = format!(
         "chaos over {} (seed {seed}, {rounds} rounds, {delivered} messages delivered to Block subscribers)\n\
-         {:<32} {:>8} {:>9} {:>14}\n",
+         {:<40} {:>8} {:>9} {:>14}\n",
         common::transport_arg(),
         "fault",
         "injected",
@@ -334,7 +334,7 @@ fn chaos() {
     for k in kinds {
         let of: Vec<_> = rows.iter().filter(|r| r.0 == k).collect();
         table += &format!(
-            "{:<32} {:>8} {:>9} {:>14}\n",
+            "{:<40} {:>8} {:>9} {:>14}\n",
             k.name(),
             of.len(),
             of.iter().filter(|r| r.1).count(),

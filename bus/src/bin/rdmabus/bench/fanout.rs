@@ -45,7 +45,7 @@ pub fn run(args: FanoutArgs) -> Result<(), Error> {
             rows.push(one(&c, &args, ip, n, size)?);
         }
     }
-    c.report("fanout", host, rows)
+    c.report("fanout", host, rows, None)
 }
 
 fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Result<Row, Error> {
@@ -131,5 +131,6 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
         latency: Percentiles::of(&all),
         msgs_per_s: rate,
         mb_per_s: rate * size as f64 * n as f64 / 1e6,
+        x_limit: None,
     })
 }

@@ -2,6 +2,7 @@
 
 mod compare;
 mod fanout;
+mod limit;
 mod pingpong;
 mod plot;
 mod result;
@@ -27,6 +28,9 @@ pub enum Kind {
     Fanout(fanout::FanoutArgs),
     /// Print perftest's raw-verbs figures beside bench results, with ratios per size.
     Compare(compare::CompareArgs),
+    /// The limit: one cache line handed between two pinned threads and back (one-way, half
+    /// the round trip), the floor of any shared-memory hand-off between those CPUs.
+    Limit(limit::LimitArgs),
 }
 
 /// Options every benchmark takes.
@@ -99,6 +103,7 @@ impl Common {
         benchmark: &'static str,
         host: String,
         rows: Vec<result::Row>,
+        limit: Option<result::Percentiles>,
     ) -> Result<(), Error> {
         let report = result::Report {
             benchmark,
@@ -106,6 +111,7 @@ impl Common {
             idle: format!("{:?}", self.idle),
             access: self.access.to_string(),
             host,
+            limit,
             rows,
         };
         report.print();
@@ -127,5 +133,6 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
         Kind::Pingpong(p) => pingpong::run(p),
         Kind::Fanout(f) => fanout::run(f),
         Kind::Compare(c) => compare::run(c),
+        Kind::Limit(l) => limit::run(l),
     }
 }

@@ -28,6 +28,9 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
     let c = args.common.clone();
     c.check()?;
     let host = host();
+    // The floor first, between the same CPUs, before any poller spins on them.
+    let limit = super::limit::measure(&c, c.warmup, c.iters)?;
+    let limit_p50 = limit.value_at_quantile(0.5).max(1) as f64;
     let ip_a = c.ip_or_default(args.a)?;
     let ip_b = args.b.unwrap_or(ip_a);
     let psk = Psk::random();
@@ -119,10 +122,11 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
             latency: Percentiles::of(&h),
             msgs_per_s: rtts,
             mb_per_s: rtts * size as f64 / 1e6,
+            x_limit: Some(h.value_at_quantile(0.5) as f64 / limit_p50),
         });
     }
     drop(ping);
     echo.join()
         .map_err(|_| Error::Protocol("the echo thread panicked".into()))??;
-    c.report("pingpong", host, rows)
+    c.report("pingpong", host, rows, Some(Percentiles::of(&limit)))
 }

@@ -53,6 +53,10 @@ pub struct Row {
     pub msgs_per_s: f64,
     /// Payload megabytes per second delivered (all subscribers together).
     pub mb_per_s: f64,
+    /// p50 as a multiple of the one-cache-line hand-off measured in the same run (`bench
+    /// pingpong` and `bench limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_limit: Option<f64>,
 }
 
 /// A whole run, as written with `--json`.
@@ -63,6 +67,9 @@ pub struct Report {
     pub idle: String,
     pub access: String,
     pub host: String,
+    /// The one-cache-line hand-off between the same CPUs, measured in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Percentiles>,
     pub rows: Vec<Row>,
 }
 
@@ -73,13 +80,28 @@ impl Report {
             "{} over {} ({} idle, {} access, {})",
             self.benchmark, self.transport, self.idle, self.access, self.host
         );
+        if let Some(l) = &self.limit {
+            println!(
+                "limit (one cache line between the same CPUs, this run): p50 {} ns, p99 {} ns",
+                l.summary.p50_ns, l.summary.p99_ns
+            );
+        }
         println!(
-            "{:>6} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10}",
-            "size", "subs", "msgs", "p50 us", "p99 us", "p99.9 us", "max us", "msgs/s", "MB/s"
+            "{:>6} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8}",
+            "size",
+            "subs",
+            "msgs",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "msgs/s",
+            "MB/s",
+            "x limit"
         );
         for r in &self.rows {
             println!(
-                "{:>6} {:>5} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12.0} {:>10.2}",
+                "{:>6} {:>5} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>12.0} {:>10.2} {:>8}",
                 r.size,
                 r.subscribers,
                 r.messages,
@@ -88,7 +110,8 @@ impl Report {
                 r.latency.summary.p999_ns as f64 / 1e3,
                 r.latency.summary.max_ns as f64 / 1e3,
                 r.msgs_per_s,
-                r.mb_per_s
+                r.mb_per_s,
+                r.x_limit.map_or("-".into(), |x| format!("{x:.2}"))
             );
         }
     }
