@@ -744,7 +744,7 @@ fn write_live(link: &mut Link, feed: &Feed<'_>, seq: u64) -> Result<(), String> 
     );
     let pos = link.credit.acquire().expect("credit checked by the caller");
     link.ring
-        .write(link.geometry.index(pos), &header, feed.live, imm_of(seq))
+        .write(pos, &header, feed.live, imm_of(seq))
         .map_err(|e| format!("write failed: {e}"))?;
     link.dropped_pending = 0;
     link.next_unsent = seq.wrapping_add(1);
@@ -772,7 +772,7 @@ fn write_one(link: &mut Link, feed: &Feed<'_>, seq: u64, live: bool) -> Result<(
     }
     let pos = link.credit.acquire().expect("credit checked by the caller");
     link.ring
-        .write(link.geometry.index(pos), &header, payload, imm_of(seq))
+        .write(pos, &header, payload, imm_of(seq))
         .map_err(|e| format!("write failed: {e}"))?;
     link.dropped_pending = 0;
     link.next_unsent = seq.wrapping_add(1);

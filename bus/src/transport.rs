@@ -28,11 +28,12 @@ impl std::str::FromStr for Transport {
 
 /// The publisher's end of one subscriber: writes into that subscriber's ring.
 pub trait RemoteRing: Send {
-    /// Writes `header` and `payload` into slot `index` of the subscriber's ring, then posts a
-    /// completion carrying `imm`. Must not allocate.
+    /// Writes `header` and `payload` into the slot of ring position `pos` of the subscriber's
+    /// ring, then completes it (over shm: the header's flags word with the position's lap
+    /// bit, stored last; over verbs: a completion carrying `imm`). Must not allocate.
     fn write(
         &mut self,
-        index: u32,
+        pos: u64,
         header: &SlotHeader,
         payload: &[u8],
         imm: u32,

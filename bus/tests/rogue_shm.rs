@@ -10,12 +10,13 @@ use common::psk;
 use common::raw::RawSub;
 use rdmabus::proto::handshake::*;
 use rdmabus::proto::market::Quote;
+use rdmabus::proto::slot::{lap_flag, FLAGS_OFFSET, FLAG_LAP};
 use rdmabus::proto::RingGeometry;
 use rdmabus::shm::{fdpass, CompletionQueue, ShmRegion, CREDIT_FILE_LEN};
 use rdmabus::{Error, Event, Node, NodeEvent, Publisher, Subscriber, Transport};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -542,15 +543,29 @@ fn a_joined_rogue_can_neither_truncate_nor_punch_its_memory() {
             ("credit word", credit, CREDIT_FILE_LEN),
         ];
         let ring_at = (ring.as_mut_ptr() as usize, ring.len());
-        // Joined: it returns credit (what it sees completed) and heartbeats, so only its
-        // attack could end the link.
+        let geometry = rogue.geometry;
+        // Joined: it returns credit (what it sees completed: each slot's flags word carries
+        // its lap bit) and heartbeats, so only its attack could end the link.
         let stop = Arc::new(AtomicBool::new(false));
         let returner = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut consumed = 0;
+                let mut consumed = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    consumed = cq.atomic_u64(0).load(Ordering::Acquire).max(consumed);
+                    loop {
+                        let at = geometry.offset(consumed) + FLAGS_OFFSET;
+                        // SAFETY: the flags word of a slot inside the ring's mapping (the
+                        // region outlives the loop), 4-aligned, loaded atomically as the
+                        // publisher stores it.
+                        let flags = unsafe {
+                            (*(ring.as_mut_ptr().add(at) as *const AtomicU32))
+                                .load(Ordering::Acquire)
+                        };
+                        if flags & FLAG_LAP != lap_flag(consumed, SLOTS as u64) {
+                            break;
+                        }
+                        consumed += 1;
+                    }
                     credit_map.store(offset, consumed);
                     std::thread::yield_now();
                 }

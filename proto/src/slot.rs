@@ -11,8 +11,27 @@ pub const FLAG_DROPPED_BEFORE: u32 = 1 << 0;
 /// at the live edge.
 pub const FLAG_FROM_HISTORY: u32 = 1 << 1;
 
+/// Over shared memory, the completion itself: the publisher stores the flags word last, with
+/// release, and this bit says which lap of the ring the slot was written in (set on even
+/// laps, clear on odd ones, so that a zeroed ring and the previous lap read as "not yet").
+/// The subscriber polls the flags word of the slot it reads next, and nothing else.
+pub const FLAG_LAP: u32 = 1 << 2;
+
+/// Byte offset of the flags word in the header (the word stored last over shm).
+pub const FLAGS_OFFSET: usize = 20;
+
 /// All flags this version understands; any other bit set means a corrupt or newer header.
-pub const KNOWN_FLAGS: u32 = FLAG_DROPPED_BEFORE | FLAG_FROM_HISTORY;
+pub const KNOWN_FLAGS: u32 = FLAG_DROPPED_BEFORE | FLAG_FROM_HISTORY | FLAG_LAP;
+
+/// The [`FLAG_LAP`] value of ring position `pos` in a ring of `slots` slots (a power of two).
+#[inline]
+pub fn lap_flag(pos: u64, slots: u64) -> u32 {
+    if (pos / slots) & 1 == 0 {
+        FLAG_LAP
+    } else {
+        0
+    }
+}
 
 /// Header at the start of every ring slot. `#[repr(C)]`, little-endian on the wire.
 #[repr(C, align(8))]

@@ -3,10 +3,10 @@
 use super::{CompletionQueue, ShmRegion};
 use crate::transport::RemoteRing;
 use crate::Error;
-use rdmabus_proto::slot::HEADER_LEN;
+use rdmabus_proto::slot::{lap_flag, FLAGS_OFFSET, HEADER_LEN};
 use rdmabus_proto::{RingGeometry, SlotHeader};
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Bytes of the publisher's credit memfd: one cache line holding the consumed position.
 pub const CREDIT_FILE_LEN: usize = 64;
@@ -14,7 +14,9 @@ pub const CREDIT_FILE_LEN: usize = 64;
 /// Writes into a subscriber's mapped ring and completion queue; reads its credit word.
 pub struct ShmRemoteRing {
     ring: ShmRegion,
-    cq: CompletionQueue,
+    /// The subscriber's completion queue, checked and mapped at the handshake but no longer
+    /// written: the slot's flags word is the completion (one cache line less per message).
+    _cq: CompletionQueue,
     credit: ShmRegion,
     geometry: RingGeometry,
 }
@@ -41,7 +43,7 @@ impl ShmRemoteRing {
         let cq = CompletionQueue::from_fd(cq, geometry.slots())?;
         Ok(Self {
             ring,
-            cq,
+            _cq: cq,
             credit,
             geometry,
         })
@@ -57,12 +59,14 @@ impl RemoteRing for ShmRemoteRing {
     #[inline]
     fn write(
         &mut self,
-        index: u32,
+        pos: u64,
         header: &SlotHeader,
         payload: &[u8],
         imm: u32,
     ) -> Result<(), Error> {
-        let offset = self.geometry.offset_of_index(index);
+        let _ = imm; // over shm the completion is the slot's flags word
+        let offset = self.geometry.offset(pos);
+        let flags = header.flags | lap_flag(pos, self.geometry.slots() as u64);
         debug_assert!(payload.len() <= self.geometry.payload_capacity());
         let len = payload.len().min(self.geometry.payload_capacity());
         let header = header.to_bytes();
@@ -72,12 +76,18 @@ impl RemoteRing for ShmRemoteRing {
         // the payload is clamped to the slot; the pointer has write provenance (MmapRaw).
         // Credit guarantees the subscriber has released this slot, so it is not reading it;
         // if it misbehaves, it only garbles its own copy.
+        // The flags word goes last, with release: it is the completion the subscriber polls.
         unsafe {
             let dst = self.ring.as_mut_ptr().add(offset);
-            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, HEADER_LEN);
             std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(HEADER_LEN), len);
+            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, FLAGS_OFFSET);
+            std::ptr::copy_nonoverlapping(
+                header.as_ptr().add(FLAGS_OFFSET + 4),
+                dst.add(FLAGS_OFFSET + 4),
+                HEADER_LEN - FLAGS_OFFSET - 4,
+            );
+            (*(dst.add(FLAGS_OFFSET) as *const AtomicU32)).store(flags, Ordering::Release);
         }
-        self.cq.push(imm);
         Ok(())
     }
 

@@ -3,9 +3,10 @@
 use super::{CompletionQueue, ShmRegion};
 use crate::transport::LocalRing;
 use crate::Error;
+use rdmabus_proto::slot::{imm_of, lap_flag, FLAGS_OFFSET, FLAG_LAP};
 use rdmabus_proto::RingGeometry;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The subscriber's ring and completion queue, and (after `Welcome`) the publisher's credit word.
 pub struct ShmLocalRing {
@@ -14,6 +15,8 @@ pub struct ShmLocalRing {
     credit: Option<ShmRegion>,
     credit_offset: usize,
     geometry: RingGeometry,
+    /// The ring position read next (its slot's flags word is polled).
+    next: u64,
 }
 
 impl ShmLocalRing {
@@ -27,6 +30,7 @@ impl ShmLocalRing {
             credit: None,
             credit_offset: 0,
             geometry,
+            next: 0,
         })
     }
 
@@ -69,7 +73,24 @@ impl ShmLocalRing {
 impl LocalRing for ShmLocalRing {
     #[inline]
     fn poll(&mut self) -> Result<Option<u32>, Error> {
-        self.cq.pop()
+        // The completion is the flags word of the slot read next: written last, with release,
+        // carrying that position's lap bit.
+        let slots = self.geometry.slots() as u64;
+        let slot = self.slot_ptr(self.geometry.index(self.next));
+        // SAFETY: the flags word lies inside the slot (HEADER_LEN < slot size), 4-aligned (a
+        // 64-aligned slot plus 20); the ring mapping lives as long as self. The real publisher
+        // only ever stores this word atomically; whatever a rogue one does to it can only make
+        // this load see another value, which the header's validation then judges.
+        let flags =
+            unsafe { (*(slot.add(FLAGS_OFFSET) as *const AtomicU32)).load(Ordering::Acquire) };
+        if flags & FLAG_LAP != lap_flag(self.next, slots) {
+            return Ok(None);
+        }
+        self.next = self.next.wrapping_add(1);
+        // SAFETY: the sequence word is the slot's first 8 bytes, 8-aligned, inside the mapping;
+        // a raw read of memory the publisher may write (see above), never a reference.
+        let seq = unsafe { std::ptr::read_volatile(slot as *const u64) };
+        Ok(Some(imm_of(u64::from_le(seq))))
     }
 
     #[inline]

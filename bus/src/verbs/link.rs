@@ -228,7 +228,7 @@ impl RemoteRing for VerbsRemoteRing {
     #[inline]
     fn write(
         &mut self,
-        index: u32,
+        pos: u64,
         header: &SlotHeader,
         payload: &[u8],
         imm: u32,
@@ -269,7 +269,7 @@ impl RemoteRing for VerbsRemoteRing {
         let remote_addr = self
             .remote
             .addr
-            .wrapping_add(self.geometry.offset_of_index(index) as u64);
+            .wrapping_add(self.geometry.offset(pos) as u64);
         let sges = [header_sge, payload_sge];
         let sges = if payload.is_empty() {
             &sges[..1]

@@ -227,18 +227,30 @@ impl RawPub {
         (addr, t)
     }
 
-    /// Writes `payload` as message `seq` into ring position `pos` and posts its completion.
+    /// Writes `payload` as message `seq` into ring position `pos` and completes it, as the
+    /// real publisher does: payload and header, then the flags word with the lap bit, last.
     pub fn write(&mut self, pos: u64, seq: u64, payload: &[u8]) {
-        let header = rdmabus::proto::SlotHeader::new(seq, 0, payload.len() as u32, 0).to_bytes();
+        use rdmabus::proto::slot::{lap_flag, FLAGS_OFFSET};
+        let header = rdmabus::proto::SlotHeader::new(seq, 0, payload.len() as u32, 0);
+        let flags = header.flags | lap_flag(pos, self.geometry.slots() as u64);
+        let header = header.to_bytes();
         let at = self.geometry.offset(pos);
         // SAFETY: `at + header + payload` lies in the ring's mapping (payload within the slot's
-        // capacity); raw-pointer writes into memory shared with the subscriber.
+        // capacity); raw-pointer writes into memory shared with the subscriber; the flags word
+        // is 4-aligned (64-aligned slot plus 20) and stored atomically, as the subscriber loads
+        // it.
         unsafe {
             let dst = self.ring.as_mut_ptr().add(at);
-            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, header.len());
             std::ptr::copy_nonoverlapping(payload.as_ptr(), dst.add(header.len()), payload.len());
+            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, FLAGS_OFFSET);
+            std::ptr::copy_nonoverlapping(
+                header.as_ptr().add(FLAGS_OFFSET + 4),
+                dst.add(FLAGS_OFFSET + 4),
+                header.len() - FLAGS_OFFSET - 4,
+            );
+            (*(dst.add(FLAGS_OFFSET) as *const std::sync::atomic::AtomicU32))
+                .store(flags, std::sync::atomic::Ordering::Release);
         }
-        self.cq.push(rdmabus::proto::slot::imm_of(seq));
     }
 }
 
