@@ -84,6 +84,25 @@ fn has(n: usize) -> impl Fn(&[Seen]) -> bool {
     move |s| s.len() >= n
 }
 
+/// A publisher (new numbering, history 1024) and a reconnecting subscriber that has taken
+/// its messages 0..100.
+fn first_session(
+    node: &rdmabus::Node,
+) -> (
+    Publisher<Quote>,
+    Subscriber<Quote>,
+    Vec<Seen>,
+    Vec<SessionChange>,
+) {
+    let mut p1 = publisher(node, None, Policy::Block);
+    let mut sub = subscriber(node, 1024);
+    p1.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
+    publish(&mut p1, 0..100);
+    let (mut seen, mut sessions) = (Vec::new(), Vec::new());
+    take(&mut sub, Some(&mut p1), &mut seen, &mut sessions, has(100));
+    (p1, sub, seen, sessions)
+}
+
 fn subscriber(node: &rdmabus::Node, slots: u32) -> Subscriber<Quote> {
     common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
         .history(HistoryRequest::All)
@@ -96,12 +115,7 @@ fn subscriber(node: &rdmabus::Node, slots: u32) -> Subscriber<Quote> {
 #[test]
 fn a_resumed_numbering_continues_without_a_gap_or_a_duplicate() {
     let node = common::node_builder(psk()).start().unwrap();
-    let mut p1 = publisher(&node, None, Policy::Block);
-    let mut sub = subscriber(&node, 1024);
-    p1.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
-    publish(&mut p1, 0..100);
-    let (mut seen, mut sessions) = (Vec::new(), Vec::new());
-    take(&mut sub, Some(&mut p1), &mut seen, &mut sessions, has(100));
+    let (p1, mut sub, mut seen, mut sessions) = first_session(&node);
     let (next, e1) = (p1.next_seq(), p1.epoch());
     drop(p1);
     // The new session publishes before the subscriber is back: its history covers that.
@@ -124,12 +138,7 @@ fn a_resumed_numbering_continues_without_a_gap_or_a_duplicate() {
 #[test]
 fn a_numbering_started_again_is_a_new_stream_even_past_the_old_position() {
     let node = common::node_builder(psk()).start().unwrap();
-    let mut p1 = publisher(&node, None, Policy::Block);
-    let mut sub = subscriber(&node, 1024);
-    p1.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
-    publish(&mut p1, 0..100);
-    let (mut seen, mut sessions) = (Vec::new(), Vec::new());
-    take(&mut sub, Some(&mut p1), &mut seen, &mut sessions, has(100));
+    let (p1, mut sub, mut seen, mut sessions) = first_session(&node);
     drop(p1);
     // From 0 again, and already past 100 when the subscriber is back.
     let mut p2 = publisher(&node, None, Policy::Block);
@@ -148,12 +157,7 @@ fn a_numbering_started_again_is_a_new_stream_even_past_the_old_position() {
 #[test]
 fn a_numbering_resumed_below_the_subscriber_is_skipped_up_to_its_position() {
     let node = common::node_builder(psk()).start().unwrap();
-    let mut p1 = publisher(&node, None, Policy::Block);
-    let mut sub = subscriber(&node, 1024);
-    p1.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
-    publish(&mut p1, 0..100);
-    let (mut seen, mut sessions) = (Vec::new(), Vec::new());
-    take(&mut sub, Some(&mut p1), &mut seen, &mut sessions, has(100));
+    let (p1, mut sub, mut seen, mut sessions) = first_session(&node);
     drop(p1);
     let mut p2 = publisher(&node, Some(50), Policy::Block);
     publish(&mut p2, 50..90);

@@ -9,8 +9,6 @@ use common::psk;
 use common::raw::RawSub;
 use rdmabus::proto::handshake::*;
 use rdmabus::proto::market::Quote;
-use rdmabus::proto::RingGeometry;
-use rdmabus::verbs::{self, VerbsLocalRing};
 use rdmabus::{Event, LinkEnd, Subscriber, Transport};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,36 +25,8 @@ fn rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::Join
             std::any::type_name::<Quote>(),
             TransportKind::Verbs,
         );
-        let accept = sub.accepted();
-        let choice = verbs::choose(None, None, sub.fs.local_addr().unwrap().ip()).unwrap();
-        let geometry = RingGeometry::new(64, accept.slot_size).unwrap();
-        let mut ring = VerbsLocalRing::create(&choice, geometry).unwrap();
-        let mut ep = ring.endpoint();
-        ep.rkey ^= 0x5a5a_5a5a; // the lie
-        sub.hs.auth(
-            Auth {
-                ring: RingDescriptor {
-                    slots: 64,
-                    slot_size: accept.slot_size,
-                },
-                endpoint: SubEndpoint::Verbs(ep),
-                history: 0,
-                resume_from: None,
-            },
-            Instant::now(),
-        );
-        let ClientEvent::Welcomed(w) = sub.next_event() else {
-            panic!("no Welcome")
-        };
-        let PubEndpoint::Verbs(pub_ep) = w.endpoint else {
-            panic!("not a verbs Welcome")
-        };
-        ring.connect(&pub_ep).unwrap();
-        sub.hs.ready(0);
-        let ClientEvent::Established(session) = sub.next_event() else {
-            panic!("not established")
-        };
-        let mut session = session;
+        // The lie: a wrong rkey for its ring.
+        let (ring, _, _, mut session) = sub.verbs_to_session(64, |ep| ep.rkey ^= 0x5a5a_5a5a);
         while !stop.load(Ordering::Relaxed) {
             let hb = session.seal(&ControlMsg::Heartbeat(Heartbeat { sent_ns: 0 }));
             if sub.fs.send_raw(&hb).is_err() {

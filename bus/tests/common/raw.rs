@@ -302,6 +302,48 @@ impl RawSub {
     }
 }
 
+impl RawSub {
+    /// Over verbs: a real registered ring of `slots`, `Auth` with its endpoint (after `lie`
+    /// has had its way with it), `Welcome`, the QP connected and the ready heartbeat: returns
+    /// the ring, its geometry, the `Welcome` and the established session.
+    pub fn verbs_to_session(
+        &mut self,
+        slots: u32,
+        lie: impl FnOnce(&mut VerbsEndpoint),
+    ) -> (VerbsLocalRing, RingGeometry, Welcome, Session) {
+        let accept = self.accepted();
+        let choice = verbs::choose(None, None, self.fs.local_addr().unwrap().ip()).unwrap();
+        let geometry = RingGeometry::new(slots, accept.slot_size).unwrap();
+        let mut ring = VerbsLocalRing::create(&choice, geometry).unwrap();
+        let mut ep = ring.endpoint();
+        lie(&mut ep);
+        self.hs.auth(
+            Auth {
+                ring: RingDescriptor {
+                    slots,
+                    slot_size: accept.slot_size,
+                },
+                endpoint: SubEndpoint::Verbs(ep),
+                history: 0,
+                resume_from: None,
+            },
+            Instant::now(),
+        );
+        let ClientEvent::Welcomed(w) = self.next_event() else {
+            panic!("no Welcome")
+        };
+        let PubEndpoint::Verbs(pub_ep) = w.endpoint else {
+            panic!("not a verbs Welcome")
+        };
+        ring.connect(&pub_ep).unwrap();
+        self.hs.ready(0);
+        let ClientEvent::Established(session) = self.next_event() else {
+            panic!("not established")
+        };
+        (ring, geometry, w, session)
+    }
+}
+
 /// The verbs rogue's ring: this many receives are posted once and never again.
 pub const ROGUE_SLOTS: u32 = 256;
 
@@ -317,33 +359,7 @@ pub fn rnr_rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thre
             std::any::type_name::<rdmabus::proto::market::Quote>(),
             TransportKind::Verbs,
         );
-        let accept = sub.accepted();
-        let choice = verbs::choose(None, None, sub.fs.local_addr().unwrap().ip()).unwrap();
-        let geometry = RingGeometry::new(ROGUE_SLOTS, accept.slot_size).unwrap();
-        let mut ring = VerbsLocalRing::create(&choice, geometry).unwrap();
-        sub.hs.auth(
-            Auth {
-                ring: RingDescriptor {
-                    slots: ROGUE_SLOTS,
-                    slot_size: accept.slot_size,
-                },
-                endpoint: SubEndpoint::Verbs(ring.endpoint()),
-                history: 0,
-                resume_from: None,
-            },
-            Instant::now(),
-        );
-        let ClientEvent::Welcomed(w) = sub.next_event() else {
-            panic!("no Welcome")
-        };
-        let PubEndpoint::Verbs(pub_ep) = w.endpoint else {
-            panic!("not a verbs Welcome")
-        };
-        ring.connect(&pub_ep).unwrap();
-        sub.hs.ready(0);
-        let ClientEvent::Established(mut session) = sub.next_event() else {
-            panic!("not established")
-        };
+        let (mut ring, geometry, w, mut session) = sub.verbs_to_session(ROGUE_SLOTS, |_| {});
         let start = w.next_seq;
         let mut credited = 0u64;
         let mut beat = Instant::now();
