@@ -51,3 +51,28 @@ fn limit_alone_is_one_row() {
     assert_eq!(rows[0]["x_limit"].as_f64(), Some(1.0));
     assert!(rows[0]["latency"]["p50_ns"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn fanout_reports_the_publishers_cost_per_send_and_the_delivery_skew() {
+    let v = bench(&[
+        "fanout",
+        "--sizes",
+        "64",
+        "--subscribers",
+        "1,2",
+        "--idle",
+        "yield",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for r in rows {
+        assert!(r["send_ns"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["skew"]["p50_ns"].as_u64().is_some(), "{r}");
+    }
+    // One subscriber is both the first and the last to read every message.
+    assert!(
+        rows[0]["skew"]["max_ns"].as_u64().unwrap() <= 1,
+        "{}",
+        rows[0]
+    );
+}

@@ -1,6 +1,9 @@
 //! Fan-out: one publisher (policy Block, unpaced), N subscriber threads. Throughput is the
 //! messages published divided by the time until the last subscriber has read them all;
-//! latency is one-way, from the publisher's stamp to the subscriber reading in place.
+//! latency is one-way, from the publisher's stamp to the subscriber reading in place. Each
+//! row also gives the publisher's cost per `send()` (its loop time over the messages: the
+//! increase from N-1 to N subscribers is the cost of one more) and the delivery skew: per
+//! message, the time between the first and the last subscriber reading it.
 
 use super::result::{histogram, host, Percentiles, Row};
 use super::Common;
@@ -70,7 +73,7 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
             .unwrap_or(ip);
         let (slots, warmup) = (args.slots, c.warmup);
         threads.push(std::thread::spawn(
-            move || -> Result<(hdrhistogram::Histogram<u64>, Instant), Error> {
+            move || -> Result<(hdrhistogram::Histogram<u64>, Instant, Vec<u64>), Error> {
                 common.pin(i + 1)?;
                 let mut sub = Subscriber::<BenchMsg>::builder(addr, "bench.fanout")
                     .psk(key)
@@ -81,15 +84,15 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
                     .access(common.access)
                     .connect()?;
                 let mut h = histogram();
+                // When it read each measured message (for the skew between subscribers).
+                let mut read_at = Vec::with_capacity((total - warmup) as usize);
                 for k in 0..total {
                     match sub.recv()? {
                         Event::Message(m) => {
                             if k >= warmup {
-                                let _ = h.record(
-                                    rdmabus::clock::now_ns()
-                                        .saturating_sub(m.publish_ns())
-                                        .max(1),
-                                );
+                                let now = rdmabus::clock::now_ns();
+                                let _ = h.record(now.saturating_sub(m.publish_ns()).max(1));
+                                read_at.push(now);
                             }
                         }
                         Event::Gap { .. } => {
@@ -98,7 +101,7 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
                         _ => return Err(Error::Protocol("reconnected without reconnect".into())),
                     }
                 }
-                Ok((h, Instant::now()))
+                Ok((h, Instant::now(), read_at))
             },
         ));
     }
@@ -112,14 +115,25 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
     for _ in 0..c.iters {
         p.loan()?.write(&msg)?.send()?;
     }
+    let send_ns = start.elapsed().as_nanos() as f64 / c.iters as f64;
     let mut all = histogram();
     let mut end = start;
+    let mut first = vec![u64::MAX; c.iters as usize];
+    let mut last = vec![0u64; c.iters as usize];
     for t in threads {
-        let (h, done) = t
+        let (h, done, read_at) = t
             .join()
             .map_err(|_| Error::Protocol("a subscriber thread panicked".into()))??;
         let _ = all.add(&h);
         end = end.max(done);
+        for (k, &at) in read_at.iter().enumerate() {
+            first[k] = first[k].min(at);
+            last[k] = last[k].max(at);
+        }
+    }
+    let mut skew = histogram();
+    for (f, l) in first.iter().zip(&last) {
+        let _ = skew.record(l.saturating_sub(*f).max(1));
     }
     let secs = (end - start).as_secs_f64().max(1e-9);
     let rate = c.iters as f64 / secs;
@@ -132,5 +146,7 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
         msgs_per_s: rate,
         mb_per_s: rate * size as f64 * n as f64 / 1e6,
         x_limit: None,
+        send_ns: Some(send_ns),
+        skew: Some(Percentiles::of(&skew).summary),
     })
 }

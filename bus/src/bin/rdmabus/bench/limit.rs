@@ -93,6 +93,8 @@ pub fn run(args: LimitArgs) -> Result<(), Error> {
         msgs_per_s: rtts,
         mb_per_s: 0.0,
         x_limit: Some(1.0),
+        send_ns: None,
+        skew: None,
     };
     c.report("limit", host, vec![row], None)
 }

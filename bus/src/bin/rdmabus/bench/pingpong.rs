@@ -123,6 +123,8 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
             msgs_per_s: rtts,
             mb_per_s: rtts * size as f64 / 1e6,
             x_limit: Some(h.value_at_quantile(0.5) as f64 / limit_p50),
+            send_ns: None,
+            skew: None,
         });
     }
     drop(ping);

@@ -57,6 +57,12 @@ pub struct Row {
     /// pingpong` and `bench limit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub x_limit: Option<f64>,
+    /// Fan-out: the publisher's time per `send()` to all subscribers, in ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_ns: Option<f64>,
+    /// Fan-out: per message, the time between the first and the last subscriber reading it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skew: Option<Latency>,
 }
 
 /// A whole run, as written with `--json`.
@@ -99,6 +105,7 @@ impl Report {
             "MB/s",
             "x limit"
         );
+        let fanout = self.rows.iter().any(|r| r.send_ns.is_some());
         for r in &self.rows {
             println!(
                 "{:>6} {:>5} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>12.0} {:>10.2} {:>8}",
@@ -113,6 +120,26 @@ impl Report {
                 r.mb_per_s,
                 r.x_limit.map_or("-".into(), |x| format!("{x:.2}"))
             );
+        }
+        if fanout {
+            println!(
+                "{:>6} {:>5} {:>14} {:>18} {:>15} {:>15}",
+                "size", "subs", "send ns", "send ns per sub", "skew p50 us", "skew p99 us"
+            );
+            for r in &self.rows {
+                let (Some(send), Some(skew)) = (r.send_ns, &r.skew) else {
+                    continue;
+                };
+                println!(
+                    "{:>6} {:>5} {:>14.1} {:>18.1} {:>15.3} {:>15.3}",
+                    r.size,
+                    r.subscribers,
+                    send,
+                    send / r.subscribers as f64,
+                    skew.p50_ns as f64 / 1e3,
+                    skew.p99_ns as f64 / 1e3
+                );
+            }
         }
     }
 
