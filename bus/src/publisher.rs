@@ -539,6 +539,9 @@ impl<T> Publisher<T> {
             // Where its stream starts: the live edge, as far back in the history as it asked
             // (fed from there by the next sends, or `pump`), or, reconnecting, exactly where
             // it left off: what the history no longer holds is announced as dropped.
+            // `live` is the sequence being sent now (inside `send()`, already in the history)
+            // or the next one: a joiner never starts after it.
+            let live = self.next_seq;
             let (next_unsent, dropped_pending) = match l.resume_from {
                 Some(r) if self.window.holds(r) => (r, 0),
                 Some(r) if self.window.oldest().wrapping_sub(r) < 1 << 63 => {
@@ -547,7 +550,10 @@ impl<T> Publisher<T> {
                 // Ahead of us (a resumed numbering replaying what it already has): nothing
                 // is due to it until the numbering reaches it.
                 Some(r) => (r, 0),
-                None => (self.window.start_for(l.history), 0),
+                None => {
+                    let start = self.window.start_for(l.history);
+                    (if is_before(live, start) { live } else { start }, 0)
+                }
             };
             if dropped_pending > 0 {
                 l.counters.entry().add(L::DROPPED, dropped_pending);
@@ -591,7 +597,6 @@ impl<T> Publisher<T> {
 
     #[inline]
     fn fan_out(&mut self, offset: usize, len: usize) -> Result<u64, Error> {
-        self.adopt_pending();
         let seq = self.next_seq;
         let publish_ns = now_ns();
         if self.window.depth() > 0 {
@@ -606,6 +611,9 @@ impl<T> Publisher<T> {
         }
         self.staging_pos = self.staging_pos.wrapping_add(1);
         self.window.record(seq);
+        // Joiners are adopted against the history as it is with this message in it (adopted
+        // before, a full history would drop its oldest message from under them).
+        self.adopt_pending();
         let feed = Feed {
             policy: self.policy,
             idle: self.idle,

@@ -822,7 +822,13 @@ impl<T: Message> Subscriber<T> {
                 self.down = false;
                 Ok(Some(Step::Session(Box::new(change))))
             }
-            Err(e) if !worth_retrying(&e) => Err(e),
+            Err(e) if !worth_retrying(&e) => {
+                // Waiting cannot heal it: reconnecting stops here, and later polls report
+                // the end instead of trying again at every call.
+                self.rejoin = None;
+                self.down = false;
+                Err(e)
+            }
             Err(e) => {
                 tracing::debug!(topic = %r.topic, "reconnect attempt {attempt} failed: {e}");
                 r.failed(now);
@@ -857,6 +863,8 @@ impl<T: Message> Subscriber<T> {
     }
 
     fn end_gap(&mut self, first: u64, count: u64, announced: bool) -> Step {
+        // Reported now, so never again: a resumed session starts after these.
+        self.gaps.skip(first, count);
         let e = self.counters.entry();
         e.add(S::GAPS, 1);
         e.add(S::LOST, count);

@@ -187,3 +187,79 @@ fn publishers_are_told_apart_by_their_epoch() {
     let p2 = publisher(&node, Policy::Block, 0);
     assert_ne!(p2.epoch(), epoch, "a new publisher is a new session");
 }
+
+/// Sequences received, gaps (first, count, announced), the error that ended it if any.
+type Joined = (Vec<u64>, Vec<(u64, u64, bool)>, Option<String>);
+
+/// A late joiner asking for all of a full history (100 of 250 sent), adopted inside the
+/// next `send()` (its history is then the last 100 with that message: 151..=250) (nothing pumps or waits in between, as with a publisher sending
+/// continuously): what it saw, its gaps, and its error if any.
+fn join_inside_send(policy: Policy) -> Joined {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p = node
+        .publisher::<Quote>("quotes")
+        .max_payload(96)
+        .policy(policy)
+        .history(100)
+        .build()
+        .unwrap();
+    for i in 0..250u64 {
+        p.publish(&Quote::synthetic(i)).unwrap();
+    }
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "quotes", psk())
+        .history(HistoryRequest::All)
+        .connect()
+        .unwrap();
+    // The handshake finishes (the link waits to be adopted), then the next send adopts it.
+    std::thread::sleep(Duration::from_millis(1500));
+    p.publish(&Quote::synthetic(250)).unwrap();
+    let mut seqs = Vec::new();
+    let mut gaps = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut err = None;
+    while Instant::now() < deadline && seqs.len() < 100 {
+        p.pump();
+        match sub.poll() {
+            Ok(Some(Event::Message(m))) => seqs.push(m.seq()),
+            Ok(Some(Event::Gap {
+                first,
+                count,
+                announced,
+            })) => gaps.push((first, count, announced)),
+            Ok(Some(_)) => {}
+            Ok(None) => {}
+            Err(e) => {
+                err = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    (seqs, gaps, err)
+}
+
+#[test]
+fn a_late_joiner_adopted_inside_send_gets_the_whole_history_under_block() {
+    let (seqs, gaps, err) = join_inside_send(Policy::Block);
+    assert_eq!(err, None);
+    assert!(
+        gaps.is_empty(),
+        "gaps {gaps:?}, first seq {:?}",
+        seqs.first()
+    );
+    assert_eq!(
+        seqs,
+        (151..251).collect::<Vec<_>>(),
+        "the last 100, the live one included"
+    );
+}
+
+#[test]
+fn a_late_joiner_adopted_inside_send_is_not_cut_under_disconnect() {
+    let (seqs, gaps, err) = join_inside_send(Policy::Disconnect);
+    assert_eq!(err, None, "gaps {gaps:?} seqs {}", seqs.len());
+    assert_eq!(
+        seqs,
+        (151..251).collect::<Vec<_>>(),
+        "the last 100, the live one included"
+    );
+}

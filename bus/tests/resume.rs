@@ -200,3 +200,67 @@ fn after_a_slow_consumer_cut_the_same_publisher_announces_what_it_no_longer_hold
         "same publisher"
     );
 }
+
+#[test]
+fn a_loss_announced_at_the_end_is_not_announced_again_by_the_resumed_numbering() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let mut p1 = publisher(&node, None, Policy::Block);
+    let mut sub = subscriber(&node, 8);
+    p1.wait_for_subscribers(1, Duration::from_secs(20)).unwrap();
+    // It does not read: 8 fit, 12 wait in the history; at close they are announced dropped.
+    publish(&mut p1, 0..20);
+    let next = p1.next_seq();
+    drop(p1);
+    let (mut seen, mut sessions) = (Vec::new(), Vec::new());
+    take(&mut sub, None, &mut seen, &mut sessions, has(9));
+    let mut p2 = publisher(&node, Some(next), Policy::Block);
+    publish(&mut p2, 20..25);
+    take(&mut sub, Some(&mut p2), &mut seen, &mut sessions, |s| {
+        s.last() == Some(&Seen::Msg(24))
+    });
+    let mut expected = msgs(0..8);
+    expected.push(Seen::Gap(8, 12, true));
+    expected.push(Seen::Session(true));
+    expected.extend(msgs(20..25));
+    assert_eq!(seen, expected);
+    assert_eq!(sub.stats().lost, 12);
+}
+
+#[test]
+fn a_refusal_that_waiting_cannot_heal_ends_reconnecting_once() {
+    let node = common::node_builder(psk()).start().unwrap();
+    let (p1, mut sub, mut seen, mut sessions) = first_session(&node);
+    drop(p1);
+    // The topic comes back with another message type: the schema refusal is final.
+    let _other = node
+        .publisher::<rdmabus::proto::market::Trade>("quotes")
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        assert!(Instant::now() < deadline, "no refusal after {seen:?}");
+        match sub.poll() {
+            Ok(Some(Event::Message(m))) => seen.push(Seen::Msg(m.seq())),
+            Ok(Some(Event::Session(s))) => sessions.push(*s),
+            Ok(_) => std::thread::yield_now(),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&err, rdmabus::Error::Rejected { code, .. }
+            if *code == rdmabus::proto::handshake::RejectCode::SchemaMismatch),
+        "{err}"
+    );
+    // Later polls report the end; they do not knock at the publisher again.
+    for _ in 0..1000 {
+        assert!(sub.poll().is_err());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let refusals = node
+        .events()
+        .iter()
+        .filter(|e| matches!(e, rdmabus::NodeEvent::Rejected { .. }))
+        .count();
+    assert_eq!(refusals, 1, "{:?}", node.events());
+    assert!(sessions.is_empty());
+}

@@ -59,6 +59,20 @@ impl GapTracker {
         self.lost
     }
 
+    /// Counts `first .. first + count` as lost, reported by other means (the end of a
+    /// stream), so that they are not reported again: the tracker then expects what follows.
+    pub fn skip(&mut self, first: u64, count: u64) {
+        let after = first.wrapping_add(count);
+        if self
+            .expected
+            .is_none_or(|e| after.wrapping_sub(e) < 1 << 63)
+        {
+            self.expected = Some(after);
+        }
+        self.gaps += 1;
+        self.lost += count;
+    }
+
     /// Records `seq` and says how it relates to what came before.
     pub fn observe(&mut self, seq: u64) -> SeqEvent {
         let Some(expected) = self.expected else {
