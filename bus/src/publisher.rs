@@ -206,11 +206,13 @@ impl<T: Message> PublisherBuilder<T> {
             block_timeout: self.block_timeout,
             node: self.node,
             topic,
-            staging,
-            memory,
-            meta: vec![Meta::default(); staging_slots as usize],
-            window: Window::new(self.history, self.first_seq.unwrap_or(0)),
-            staging_pos: 0,
+            store: Store {
+                geometry: staging,
+                memory,
+                meta: vec![Meta::default(); staging_slots as usize],
+                window: Window::new(self.history, self.first_seq.unwrap_or(0)),
+                sends: 0,
+            },
             next_seq: self.first_seq.unwrap_or(0),
             epoch,
             policy: self.policy,
@@ -307,14 +309,7 @@ pub struct Publisher<T> {
     block_timeout: Option<Duration>,
     node: Arc<NodeShared>,
     topic: Arc<TopicShared>,
-    staging: RingGeometry,
-    memory: MmapMut,
-    /// Per staging slot: the message it holds (for replays from the history).
-    meta: Vec<Meta>,
-    /// Which sequences the history holds.
-    window: Window,
-    /// Sends so far: the next send uses staging slot `staging_pos mod slots`.
-    staging_pos: u64,
+    store: Store,
     next_seq: u64,
     epoch: u64,
     policy: Policy,
@@ -339,15 +334,15 @@ pub struct Written<'p, T> {
 impl<'p, T: Message> Loan<'p, T> {
     /// Bytes the payload may take.
     pub fn capacity(&self) -> usize {
-        self.publisher.staging.payload_capacity()
+        self.publisher.store.geometry.payload_capacity()
     }
 
     /// Serializes `value` in place into the slot.
     #[inline]
     pub fn write(self, value: &T) -> Result<Written<'p, T>, Error> {
         let cap = self.capacity();
-        let buf =
-            &mut self.publisher.memory[self.offset + HEADER_LEN..self.offset + HEADER_LEN + cap];
+        let buf = &mut self.publisher.store.memory
+            [self.offset + HEADER_LEN..self.offset + HEADER_LEN + cap];
         let len = codec::encode_into(value, buf)?;
         Ok(Written {
             publisher: self.publisher,
@@ -366,7 +361,7 @@ impl<'p, T: Message> Loan<'p, T> {
             }));
         }
         let start = self.offset + HEADER_LEN;
-        self.publisher.memory[start..start + archive.len()].copy_from_slice(archive);
+        self.publisher.store.memory[start..start + archive.len()].copy_from_slice(archive);
         Ok(Written {
             publisher: self.publisher,
             offset: self.offset,
@@ -398,14 +393,14 @@ impl<T: Message> Publisher<T> {
     /// Lends the next staging slot.
     #[inline]
     pub fn loan(&mut self) -> Result<Loan<'_, T>, Error> {
-        let index = self.staging.index(self.staging_pos);
+        let index = self.store.geometry.index(self.store.sends);
         // A transport that reads the staging slot asynchronously must be done with it.
         for link in &mut self.links {
             if let Err(e) = link.ring.reclaim(index) {
                 link.fail(format!("transport error: {e}"));
             }
         }
-        let offset = self.staging.offset_of_index(index);
+        let offset = self.store.geometry.offset_of_index(index);
         Ok(Loan {
             publisher: self,
             offset,
@@ -427,7 +422,7 @@ impl<T> Publisher<T> {
 
     /// Payload bytes one message may take.
     pub fn payload_capacity(&self) -> usize {
-        self.staging.payload_capacity()
+        self.store.geometry.payload_capacity()
     }
 
     /// This publisher's session identity (random, sent to every subscriber in `Welcome`).
@@ -446,7 +441,7 @@ impl<T> Publisher<T> {
     pub fn set_next_seq(&mut self, seq: u64) {
         self.next_seq = seq;
         // Sequences before the new numbering are no longer offered from the history.
-        self.window.reset(seq);
+        self.store.window.reset(seq);
         for link in &mut self.links {
             link.next_unsent = seq;
         }
@@ -543,15 +538,16 @@ impl<T> Publisher<T> {
             // or the next one: a joiner never starts after it.
             let live = self.next_seq;
             let (next_unsent, dropped_pending) = match l.resume_from {
-                Some(r) if self.window.holds(r) => (r, 0),
-                Some(r) if self.window.oldest().wrapping_sub(r) < 1 << 63 => {
-                    (self.window.oldest(), self.window.oldest().wrapping_sub(r))
-                }
+                Some(r) if self.store.window.holds(r) => (r, 0),
+                Some(r) if self.store.window.oldest().wrapping_sub(r) < 1 << 63 => (
+                    self.store.window.oldest(),
+                    self.store.window.oldest().wrapping_sub(r),
+                ),
                 // Ahead of us (a resumed numbering replaying what it already has): nothing
                 // is due to it until the numbering reaches it.
                 Some(r) => (r, 0),
                 None => {
-                    let start = self.window.start_for(l.history);
+                    let start = self.store.window.start_for(l.history);
                     (if is_before(live, start) { live } else { start }, 0)
                 }
             };
@@ -599,33 +595,14 @@ impl<T> Publisher<T> {
     fn fan_out(&mut self, offset: usize, len: usize) -> Result<u64, Error> {
         let seq = self.next_seq;
         let publish_ns = now_ns();
-        if self.window.depth() > 0 {
-            // Kept for replays (without a history nothing is ever replayed).
-            let slot = self.staging.index(self.staging_pos) as usize;
-            debug_assert_eq!(self.staging.offset_of_index(slot as u32), offset);
-            self.meta[slot] = Meta {
-                seq,
-                publish_ns,
-                len: len as u32,
-            };
-        }
-        self.staging_pos = self.staging_pos.wrapping_add(1);
-        self.window.record(seq);
+        self.store.record(seq, publish_ns, offset, len);
         // Joiners are adopted against the history as it is with this message in it (adopted
         // before, a full history would drop its oldest message from under them).
         self.adopt_pending();
-        let feed = Feed {
-            policy: self.policy,
-            idle: self.idle,
-            budget: self.block_timeout,
-            window: &self.window,
-            meta: &self.meta,
-            memory: &self.memory,
-            staging: self.staging,
-            sends: self.staging_pos,
-            live: &self.memory[offset + HEADER_LEN..offset + HEADER_LEN + len],
-            live_ns: publish_ns,
-        };
+        let live = offset + HEADER_LEN..offset + HEADER_LEN + len;
+        let feed = self
+            .store
+            .feed(self.policy, self.idle, self.block_timeout, live, publish_ns);
         let mut any_dead = false;
         for link in &mut self.links {
             if !deliver(link, &feed, seq) {
@@ -648,18 +625,9 @@ impl<T> Publisher<T> {
     /// how many subscribers are still behind.
     pub fn pump(&mut self) -> usize {
         self.adopt_pending();
-        let feed = Feed {
-            policy: self.policy,
-            idle: self.idle,
-            budget: self.block_timeout,
-            window: &self.window,
-            meta: &self.meta,
-            memory: &self.memory,
-            staging: self.staging,
-            sends: self.staging_pos,
-            live: &[],
-            live_ns: 0,
-        };
+        let feed = self
+            .store
+            .feed(self.policy, self.idle, self.block_timeout, 0..0, 0);
         let end = self.next_seq;
         let mut behind = 0;
         let mut any_dead = false;
@@ -669,8 +637,8 @@ impl<T> Publisher<T> {
                     link.fail(why);
                     any_dead = true;
                 }
-                Ok(_) if is_before(link.next_unsent, end) => behind += 1,
-                Ok(_) => {}
+                Ok(()) if is_before(link.next_unsent, end) => behind += 1,
+                Ok(()) => {}
             }
         }
         if any_dead {
@@ -685,18 +653,9 @@ impl<T> Publisher<T> {
     fn drain_behind(&mut self, deadline: Instant) {
         let end = self.next_seq;
         loop {
-            let feed = Feed {
-                policy: self.policy,
-                idle: self.idle,
-                budget: self.block_timeout,
-                window: &self.window,
-                meta: &self.meta,
-                memory: &self.memory,
-                staging: self.staging,
-                sends: self.staging_pos,
-                live: &[],
-                live_ns: 0,
-            };
+            let feed = self
+                .store
+                .feed(self.policy, self.idle, self.block_timeout, 0..0, 0);
             let mut behind = false;
             for link in &mut self.links {
                 if !link.state.is_active() || !is_before(link.next_unsent, end) {
@@ -720,6 +679,62 @@ impl<T> Publisher<T> {
                 link.counters.entry().add(L::DROPPED, unsent);
                 link.next_unsent = end;
             }
+        }
+    }
+}
+
+/// The staging ring: the loaned slots, and what the history holds of them for replays.
+struct Store {
+    geometry: RingGeometry,
+    memory: MmapMut,
+    /// Per staging slot: the message it holds (for replays from the history).
+    meta: Vec<Meta>,
+    /// Which sequences the history holds.
+    window: Window,
+    /// Sends so far: the next send uses staging slot `sends mod slots`.
+    sends: u64,
+}
+
+impl Store {
+    /// Records that the loaned slot at `offset`, `len` payload bytes, goes out as `seq`.
+    #[inline]
+    fn record(&mut self, seq: u64, publish_ns: u64, offset: usize, len: usize) {
+        if self.window.depth() > 0 {
+            // Kept for replays (without a history nothing is ever replayed).
+            let slot = self.geometry.index(self.sends) as usize;
+            debug_assert_eq!(self.geometry.offset_of_index(slot as u32), offset);
+            self.meta[slot] = Meta {
+                seq,
+                publish_ns,
+                len: len as u32,
+            };
+        }
+        self.sends = self.sends.wrapping_add(1);
+        self.window.record(seq);
+    }
+
+    /// What delivering needs from here, with the message being sent now (`live`: its
+    /// payload's byte range in the staging memory, empty when nothing is being sent).
+    #[inline]
+    fn feed(
+        &self,
+        policy: Policy,
+        idle: IdleStrategy,
+        budget: Option<Duration>,
+        live: std::ops::Range<usize>,
+        live_ns: u64,
+    ) -> Feed<'_> {
+        Feed {
+            policy,
+            idle,
+            budget,
+            window: &self.window,
+            meta: &self.meta,
+            memory: &self.memory,
+            staging: self.geometry,
+            sends: self.sends,
+            live: &self.memory[live],
+            live_ns,
         }
     }
 }
@@ -750,19 +765,13 @@ fn write_live(link: &mut Link, feed: &Feed<'_>, seq: u64) -> Result<(), String> 
         feed.live.len() as u32,
         link.dropped_pending,
     );
-    let pos = link.credit.acquire().expect("credit checked by the caller");
-    link.ring
-        .write(pos, &header, feed.live, imm_of(seq))
-        .map_err(|e| format!("write failed: {e}"))?;
-    link.dropped_pending = 0;
-    link.next_unsent = seq.wrapping_add(1);
-    link.counters.entry().add(L::SENT, 1);
-    Ok(())
+    put(link, &header, feed.live)
 }
 
-/// Writes held message `seq` into `link`'s ring (credit and room checked by the caller).
+/// Writes message `seq`, held in the history, into `link`'s ring, marked as coming from it
+/// (credit and room checked by the caller).
 #[inline]
-fn write_one(link: &mut Link, feed: &Feed<'_>, seq: u64, live: bool) -> Result<(), String> {
+fn write_from_history(link: &mut Link, feed: &Feed<'_>, seq: u64) -> Result<(), String> {
     let slot = feed.window.slot_of(seq, feed.sends, feed.meta.len() as u64) as usize;
     let meta = feed.meta[slot];
     if meta.seq != seq {
@@ -773,41 +782,47 @@ fn write_one(link: &mut Link, feed: &Feed<'_>, seq: u64, live: bool) -> Result<(
     }
     let at = feed.staging.offset_of_index(slot as u32) + HEADER_LEN;
     let payload = &feed.memory[at..at + meta.len as usize];
-    let mut header = SlotHeader::new(seq, meta.publish_ns, meta.len, link.dropped_pending);
-    if !live {
-        header = header.from_history();
-        link.counters.entry().add(L::REPAIRED, 1);
-    }
+    let header =
+        SlotHeader::new(seq, meta.publish_ns, meta.len, link.dropped_pending).from_history();
+    link.counters.entry().add(L::REPAIRED, 1);
+    put(link, &header, payload)
+}
+
+/// Writes `header` and `payload` into `link`'s next ring position; the link's cursor moves
+/// past the header's sequence and the drops it announced are no longer pending.
+#[inline]
+fn put(link: &mut Link, header: &SlotHeader, payload: &[u8]) -> Result<(), String> {
     let pos = link.credit.acquire().expect("credit checked by the caller");
     link.ring
-        .write(pos, &header, payload, imm_of(seq))
+        .write(pos, header, payload, imm_of(header.seq))
         .map_err(|e| format!("write failed: {e}"))?;
     link.dropped_pending = 0;
-    link.next_unsent = seq.wrapping_add(1);
+    link.next_unsent = header.seq.wrapping_add(1);
     link.counters.entry().add(L::SENT, 1);
     Ok(())
 }
 
 /// Writes up to `quota` messages from `link`'s cursor towards `end` (exclusive), as long as it
-/// has room. `Ok(true)` if it ran out of room.
-/// `live` is the sequence being sent now, if any (every other one comes from the history).
+/// has room. `live` is the sequence being sent now, if any: it is written from the loaned
+/// slot; every other one comes from the history.
 fn catch_up(
     link: &mut Link,
     feed: &Feed<'_>,
     end: u64,
     quota: u32,
     live: Option<u64>,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     let mut left = quota;
-    while is_before(link.next_unsent, end) && left > 0 {
-        if !ready(link)? {
-            return Ok(true);
-        }
+    while is_before(link.next_unsent, end) && left > 0 && ready(link)? {
         let seq = link.next_unsent;
-        write_one(link, feed, seq, Some(seq) == live)?;
+        if Some(seq) == live {
+            write_live(link, feed, seq)?;
+        } else {
+            write_from_history(link, feed, seq)?;
+        }
         left -= 1;
     }
-    Ok(false)
+    Ok(())
 }
 
 /// Delivers message `seq` (just sent) to one link under the feed's policy, after anything
@@ -865,8 +880,8 @@ fn deliver_slow(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
             link.next_unsent = feed.window.oldest();
         }
         match catch_up(link, feed, end, 1 + CATCH_UP_PER_SEND, Some(seq)) {
-            Ok(_) if link.next_unsent == end => return true,
-            Ok(_) => {}
+            Ok(()) if link.next_unsent == end => return true,
+            Ok(()) => {}
             Err(why) => {
                 link.fail(why);
                 return false;
@@ -888,7 +903,7 @@ fn deliver_slow(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
                 let written = if next == seq {
                     write_live(link, feed, seq)
                 } else {
-                    write_one(link, feed, next, false)
+                    write_from_history(link, feed, next)
                 };
                 if let Err(why) = written {
                     link.fail(why);
