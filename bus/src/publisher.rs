@@ -1,6 +1,6 @@
 //! The publisher: loan a staging slot, serialize in place, send to every subscriber.
 
-use crate::clock::now_ns;
+use crate::clock::Stamper;
 use crate::control::node::{NodeShared, TopicShared};
 use crate::control::session::{Ended, LinkState};
 use crate::stats::{LinkEnd, PublisherStats, SubscriberInfo};
@@ -214,6 +214,7 @@ impl<T: Message> PublisherBuilder<T> {
                 sends: 0,
             },
             next_seq: self.first_seq.unwrap_or(0),
+            stamper: Stamper::new(),
             epoch,
             policy: self.policy,
             idle: self.idle,
@@ -311,6 +312,8 @@ pub struct Publisher<T> {
     topic: Arc<TopicShared>,
     store: Store,
     next_seq: u64,
+    /// Publish timestamps, from the TSC where the kernel trusts it.
+    stamper: Stamper,
     epoch: u64,
     policy: Policy,
     idle: IdleStrategy,
@@ -594,7 +597,7 @@ impl<T> Publisher<T> {
     #[inline]
     fn fan_out(&mut self, offset: usize, len: usize) -> Result<u64, Error> {
         let seq = self.next_seq;
-        let publish_ns = now_ns();
+        let publish_ns = self.stamper.now_ns();
         self.store.record(seq, publish_ns, offset, len);
         // Joiners are adopted against the history as it is with this message in it (adopted
         // before, a full history would drop its oldest message from under them).

@@ -325,6 +325,7 @@ impl<T: Message> SubscriberBuilder<T> {
                 &format!("{}/{}", rejoin.topic, rejoin.name),
             ),
             sampled: 0,
+            stamper: crate::clock::Stamper::new(),
             taken: 0,
             idle_polls: 0,
             drain_deadline: None,
@@ -440,6 +441,8 @@ pub struct Subscriber<T> {
     idle: IdleStrategy,
     counters: Counters,
     sampled: u32,
+    /// The clock for the sampled one-way latency (the publisher's stamps come from one too).
+    stamper: crate::clock::Stamper,
     /// Completions taken from the queue (the publisher's goodbye says how many it sent).
     taken: u64,
     /// Consecutive polls that found nothing (idle credit is considered every 64th).
@@ -722,7 +725,7 @@ impl<T: Message> Subscriber<T> {
         // the other seven.
         self.sampled = self.sampled.wrapping_add(1);
         if self.sampled & 7 == 0 {
-            e.record_latency(crate::clock::now_ns().saturating_sub(header.publish_ns));
+            e.record_latency(self.stamper.now_ns().saturating_sub(header.publish_ns));
         }
         Ok(Event::Message(Received {
             header,
