@@ -44,7 +44,9 @@ pub use error::Error;
 pub use idle::IdleStrategy;
 pub use policy::Policy;
 pub use psk::Psk;
-pub use publisher::{Loan, Publisher, PublisherBuilder, Written, DEFAULT_BLOCK_TIMEOUT};
+pub use publisher::{
+    Loan, Publisher, PublisherBuilder, Written, DEFAULT_BLOCK_TIMEOUT, DEFAULT_STAGING_SLOTS,
+};
 pub use rdmabus_proto as proto;
 pub use rdmabus_proto::Message;
 pub use reconnect::{Reconnect, SessionChange};

@@ -215,6 +215,7 @@ impl<T: Message> PublisherBuilder<T> {
             },
             next_seq: self.first_seq.unwrap_or(0),
             stamper: Stamper::new(),
+            batch_lens: vec![0; staging_slots as usize],
             epoch,
             policy: self.policy,
             idle: self.idle,
@@ -314,6 +315,8 @@ pub struct Publisher<T> {
     next_seq: u64,
     /// Publish timestamps, from the TSC where the kernel trusts it.
     stamper: Stamper,
+    /// Payload lengths of the batch being published (one per staging slot).
+    batch_lens: Vec<u32>,
     epoch: u64,
     policy: Policy,
     idle: IdleStrategy,
@@ -397,12 +400,7 @@ impl<T: Message> Publisher<T> {
     #[inline]
     pub fn loan(&mut self) -> Result<Loan<'_, T>, Error> {
         let index = self.store.geometry.index(self.store.sends);
-        // A transport that reads the staging slot asynchronously must be done with it.
-        for link in &mut self.links {
-            if let Err(e) = link.ring.reclaim(index) {
-                link.fail(format!("transport error: {e}"));
-            }
-        }
+        self.reclaim(index);
         let offset = self.store.geometry.offset_of_index(index);
         Ok(Loan {
             publisher: self,
@@ -414,6 +412,60 @@ impl<T: Message> Publisher<T> {
     #[inline]
     pub fn publish(&mut self, value: &T) -> Result<u64, Error> {
         self.loan()?.write(value)?.send()
+    }
+
+    /// Publishes `values` in order, as `values.len()` sends would (the same sequences, the
+    /// same policy and gap semantics, one publish timestamp for all), but each subscriber's
+    /// transport is rung once for the batch (over verbs: one chained list of work requests,
+    /// one doorbell, per subscriber). Every value is serialized before anything is sent: if
+    /// one fails to, nothing is. Returns the first sequence; an empty batch sends nothing.
+    /// At most [`max_batch`](Self::max_batch) values per call. Allocates nothing.
+    pub fn publish_all(&mut self, values: &[T]) -> Result<u64, Error> {
+        let first = self.next_seq;
+        let max = self.max_batch();
+        if values.len() > max {
+            return Err(Error::Config(format!(
+                "a batch of {} messages is more than this publisher's {max} \
+                 (its staging slots, less its history, less one: raise staging_slots)",
+                values.len()
+            )));
+        }
+        for (i, value) in values.iter().enumerate() {
+            let index = self
+                .store
+                .geometry
+                .index(self.store.sends.wrapping_add(i as u64));
+            self.reclaim(index);
+            let at = self.store.geometry.offset_of_index(index) + HEADER_LEN;
+            let cap = self.store.geometry.payload_capacity();
+            let len = codec::encode_into(value, &mut self.store.memory[at..at + cap])?;
+            self.batch_lens[i] = len as u32;
+        }
+        if values.is_empty() {
+            return Ok(first);
+        }
+        for link in &mut self.links {
+            link.ring.begin_batch();
+        }
+        let publish_ns = self.stamper.now_ns();
+        for i in 0..values.len() {
+            let offset = self
+                .store
+                .geometry
+                .offset_of_index(self.store.geometry.index(self.store.sends));
+            self.fan_out_at(offset, self.batch_lens[i] as usize, publish_ns);
+        }
+        let mut any_dead = false;
+        for link in &mut self.links {
+            if let Err(e) = link.ring.end_batch() {
+                link.fail(format!("write failed: {e}"));
+                any_dead = true;
+            }
+        }
+        if any_dead {
+            self.reap();
+        }
+        Ok(first)
     }
 }
 
@@ -594,10 +646,35 @@ impl<T> Publisher<T> {
         }
     }
 
+    /// Waits until no transport still reads staging slot `index` (a transport that reads it
+    /// asynchronously must be done with it before it is reused).
+    #[inline]
+    fn reclaim(&mut self, index: u32) {
+        for link in &mut self.links {
+            if let Err(e) = link.ring.reclaim(index) {
+                link.fail(format!("transport error: {e}"));
+            }
+        }
+    }
+
+    /// Messages [`publish_all`](Self::publish_all) takes at most in one call: the staging
+    /// slots that the history does not hold, less one.
+    pub fn max_batch(&self) -> usize {
+        let slots = self.store.geometry.slots() as u64;
+        slots.saturating_sub(self.store.window.depth() + 1) as usize
+    }
+
     #[inline]
     fn fan_out(&mut self, offset: usize, len: usize) -> Result<u64, Error> {
-        let seq = self.next_seq;
         let publish_ns = self.stamper.now_ns();
+        Ok(self.fan_out_at(offset, len, publish_ns))
+    }
+
+    /// Sends the loaned slot at `offset` (`len` payload bytes), stamped `publish_ns`, to
+    /// every subscriber; returns its sequence.
+    #[inline]
+    fn fan_out_at(&mut self, offset: usize, len: usize, publish_ns: u64) -> u64 {
+        let seq = self.next_seq;
         self.store.record(seq, publish_ns, offset, len);
         // Joiners are adopted against the history as it is with this message in it (adopted
         // before, a full history would drop its oldest message from under them).
@@ -618,7 +695,7 @@ impl<T> Publisher<T> {
         self.next_seq = seq.wrapping_add(1);
         self.topic.next_seq.store(self.next_seq, Ordering::Relaxed);
         self.counters.entry().add(TP::PUBLISHED, 1);
-        Ok(seq)
+        seq
     }
 
     /// Feeds subscribers that are behind (late joiners, or catching up under
@@ -948,6 +1025,11 @@ fn is_before(a: u64, b: u64) -> bool {
 #[inline]
 fn ready(link: &mut Link) -> Result<bool, String> {
     if link.credit.available() == 0 {
+        // In a batch, the writes held for it first: its credit comes back only for writes
+        // it got.
+        link.ring
+            .post_held()
+            .map_err(|e| format!("write failed: {e}"))?;
         link.credit
             .update(link.ring.consumed())
             .map_err(|e| format!("bad credit: {e}"))?;

@@ -70,6 +70,22 @@ pub trait RemoteRing: Send {
         Ok(())
     }
 
+    /// From here until [`end_batch`](Self::end_batch), writes may be held and posted
+    /// together, with one doorbell (over verbs: one chained work-request list); their order
+    /// is kept. Transports that copy synchronously write at once.
+    fn begin_batch(&mut self) {}
+
+    /// Posts the writes held so far, staying in the batch (for a publisher about to wait
+    /// for credit: the subscriber returns it only for writes it got). Must not allocate.
+    fn post_held(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Posts the writes held and ends the batch. Must not allocate.
+    fn end_batch(&mut self) -> Result<(), Error> {
+        self.post_held()
+    }
+
     /// Called once the subscriber confirmed it is attached (its first heartbeat).
     fn established(&mut self) {}
 }

@@ -150,9 +150,40 @@ fn hot_path_allocates_nothing() {
         "{n} allocations on the hot path (quotes: copy, in place and unchecked)"
     );
 
+    // Batches (`publish_all`): one doorbell per subscriber per batch over verbs, the same
+    // reads (the Drop section below sends batches too, into rings they overfill).
+    let batch: Vec<Quote> = (0..48).map(Quote::synthetic).collect();
+    let batch_round = |quotes: &mut rdmabus::Publisher<Quote>, qs: &mut [Subscriber<Quote>]| {
+        let first = quotes.publish_all(&batch[..16]).unwrap();
+        let mut got = 0u64;
+        for s in qs.iter_mut() {
+            for k in 0..16 {
+                match s.recv().unwrap() {
+                    Event::Message(m) => {
+                        assert_eq!(m.seq(), first + k);
+                        got += 1;
+                    }
+                    _ => panic!("gap"),
+                }
+            }
+        }
+        got
+    };
+    for _ in 0..100 {
+        batch_round(&mut quotes, &mut qs);
+    }
+    let (got, n) = count(|| {
+        (0..1_000)
+            .map(|_| batch_round(&mut quotes, &mut qs))
+            .sum::<u64>()
+    });
+    assert_eq!(got, 1_000 * 16 * MODES.len() as u64);
+    assert_eq!(n, 0, "{n} allocations on the hot path (batches of 16)");
+
     // Variable-length messages, and the Drop path: overfill the rings, then read gaps and
     // messages, in every mode.
     let book = BookUpdate::synthetic(7);
+    let book_batch = vec![book.clone(); 50];
     for _ in 0..200 {
         books.publish(&book).unwrap();
         for s in bs.iter_mut() {
@@ -162,9 +193,10 @@ fn hot_path_allocates_nothing() {
     let (per_mode, n) = count(|| {
         let mut per_mode = [(0u64, 0u64); MODES.len()];
         for _ in 0..50 {
-            for _ in 0..100 {
+            for _ in 0..50 {
                 books.loan().unwrap().write(&book).unwrap().send().unwrap();
             }
+            books.publish_all(&book_batch).unwrap();
             for (s, (gaps, msgs)) in bs.iter_mut().zip(per_mode.iter_mut()) {
                 while let Some(e) = s.poll().unwrap() {
                     match e {

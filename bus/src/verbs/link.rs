@@ -6,7 +6,7 @@ use super::cq::{empty_wc, status_text, Cq};
 use super::device::Choice;
 use super::mr::Mr;
 use super::pd::Pd;
-use super::qp::{Qp, QpCaps, Sge};
+use super::qp::{Qp, QpCaps, Sge, WriteWr, MAX_LIST};
 use crate::transport::RemoteRing;
 use crate::Error;
 use rdma_sys::{ibv_access_flags as A, ibv_qp_state, ibv_wc, ibv_wc_status};
@@ -60,6 +60,12 @@ pub struct VerbsRemoteRing {
     last_signaled: u64,
     slot_wr: Vec<u64>,
     wc: [ibv_wc; 16],
+    /// Between `begin_batch` and `end_batch`: writes are held, then posted as one list.
+    batching: bool,
+    /// Writes held (counted in `posted`), and the headers of those sent inline.
+    held: [WriteWr; MAX_LIST],
+    held_headers: [[u8; HEADER_LEN]; MAX_LIST],
+    held_n: usize,
     /// The last credit word that passed its check (a torn read keeps this one).
     last_consumed: Cell<u64>,
 }
@@ -133,6 +139,19 @@ impl VerbsRemoteRing {
             last_signaled: 0,
             slot_wr: vec![0; slots],
             wc: std::array::from_fn(|_| empty_wc()),
+            batching: false,
+            held: [WriteWr {
+                wr_id: 0,
+                sges: [Sge::EMPTY; 2],
+                num_sge: 0,
+                remote_addr: 0,
+                rkey: 0,
+                imm: None,
+                signaled: false,
+                inline: false,
+            }; MAX_LIST],
+            held_headers: [[0; HEADER_LEN]; MAX_LIST],
+            held_n: 0,
             last_consumed: Cell::new(0),
         })
     }
@@ -170,6 +189,8 @@ impl VerbsRemoteRing {
     }
 
     fn signaled_post(&mut self) -> Result<(), Error> {
+        // After what is held, so that its completion covers them.
+        self.post_held()?;
         // A zero-length write, signaled, so that everything before it reports completion.
         let wr = self.posted;
         self.qp.post_write(
@@ -191,6 +212,8 @@ impl VerbsRemoteRing {
     /// looking at the QP's state and the clock. Fails if the QP left RTS or `deadline`
     /// passed, so no subscriber can hold its publisher here for longer.
     fn wait_completed(&mut self, needed: u64, deadline: Instant, what: &str) -> Result<(), Error> {
+        // Held writes complete only once posted.
+        self.post_held()?;
         let mut rounds = 0u32;
         while self.completed < needed {
             if self.last_signaled < needed && self.posted - self.completed < SQ_DEPTH as u64 {
@@ -241,9 +264,18 @@ impl RemoteRing for VerbsRemoteRing {
         let total = HEADER_LEN + payload.len();
         let inline = total as u32 <= self.qp.max_inline();
         let header_bytes = header.to_bytes();
+        let held = self.held_n;
         let header_sge = if inline {
+            // Inline data is copied when posted: held writes keep it here until then (its
+            // address is set when the list is posted), a write posted now reads the stack.
+            let at = if self.batching {
+                self.held_headers[held] = header_bytes;
+                self.held_headers[held].as_ptr()
+            } else {
+                header_bytes.as_ptr()
+            };
             Sge {
-                addr: header_bytes.as_ptr(),
+                addr: at,
                 len: HEADER_LEN as u32,
                 lkey: 0,
             }
@@ -270,31 +302,60 @@ impl RemoteRing for VerbsRemoteRing {
             .remote
             .addr
             .wrapping_add(self.geometry.offset(pos) as u64);
-        let sges = [header_sge, payload_sge];
-        let sges = if payload.is_empty() {
-            &sges[..1]
-        } else {
-            &sges[..]
-        };
-        self.qp.post_write(
-            self.posted,
-            sges,
+        let wr = WriteWr {
+            wr_id: self.posted,
+            sges: [header_sge, payload_sge],
+            num_sge: if payload.is_empty() { 1 } else { 2 },
             remote_addr,
-            self.remote.rkey,
-            Some(imm),
+            rkey: self.remote.rkey,
+            imm: Some(imm),
             signaled,
             inline,
-        )?;
+        };
+        if self.batching {
+            self.held[held] = wr;
+            self.held_n += 1;
+        } else {
+            self.qp.post_writes(std::slice::from_ref(&wr))?;
+        }
         if !inline {
             let slot = (payload.as_ptr() as usize - self.staging.addr) / self.staging.slot_size;
             self.slot_wr[slot] = self.posted + 1;
         }
         self.posted += 1;
+        if self.held_n == MAX_LIST {
+            self.post_held()?;
+        }
         if signaled {
             self.last_signaled = self.posted;
             self.reap()?;
         }
         Ok(())
+    }
+
+    fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    #[inline]
+    fn post_held(&mut self) -> Result<(), Error> {
+        let n = self.held_n;
+        if n == 0 {
+            return Ok(());
+        }
+        self.held_n = 0;
+        for (wr, header) in self.held[..n].iter_mut().zip(&self.held_headers) {
+            if wr.inline {
+                // Its header was kept in `held_headers` (see `write`): point at it as it is now.
+                wr.sges[0].addr = header.as_ptr();
+            }
+        }
+        self.qp.post_writes(&self.held[..n])
+    }
+
+    fn end_batch(&mut self) -> Result<(), Error> {
+        self.batching = false;
+        self.post_held()
     }
 
     fn bounded_queue(&self) -> bool {

@@ -8,6 +8,7 @@ use super::{errno_error, mtu_bytes, mtu_enum, random_psn};
 use crate::Error;
 use rdma_sys::*;
 use rdmabus_proto::handshake::VerbsEndpoint;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// Local ACK timeout exponent (4.096 µs × 2^n).
@@ -50,6 +51,44 @@ pub struct Sge {
     pub len: u32,
     /// Local key of the region holding it (ignored for inline sends).
     pub lkey: u32,
+}
+
+// SAFETY: an Sge is an address handed to the device in a work request; Rust code never reads
+// or writes through it, so moving one to another thread shares nothing.
+unsafe impl Send for Sge {}
+
+impl Sge {
+    /// No data.
+    pub const EMPTY: Sge = Sge {
+        addr: std::ptr::null(),
+        len: 0,
+        lkey: 0,
+    };
+}
+
+/// Work requests posted with one `ibv_post_send` (one doorbell) at most.
+pub const MAX_LIST: usize = 32;
+
+/// One RDMA WRITE (with immediate if `imm` is given), by value, so that several can be kept
+/// and posted as one list.
+#[derive(Clone, Copy)]
+pub struct WriteWr {
+    /// Its work request id.
+    pub wr_id: u64,
+    /// Its scatter/gather list (the first `num_sge`).
+    pub sges: [Sge; 2],
+    /// How many of `sges` it uses.
+    pub num_sge: u8,
+    /// Where it writes.
+    pub remote_addr: u64,
+    /// The remote region's key.
+    pub rkey: u32,
+    /// The immediate, for WRITE_WITH_IMM.
+    pub imm: Option<u32>,
+    /// Whether it reports a completion.
+    pub signaled: bool,
+    /// Whether its data is copied at post time (within `max_inline`).
+    pub inline: bool,
 }
 
 impl Qp {
@@ -253,43 +292,89 @@ impl Qp {
         signaled: bool,
         inline: bool,
     ) -> Result<(), Error> {
-        let mut list = [ibv_sge {
-            addr: 0,
-            length: 0,
-            lkey: 0,
-        }; 2];
-        for (d, s) in list.iter_mut().zip(sges) {
-            *d = ibv_sge {
+        let mut wr = WriteWr {
+            wr_id,
+            sges: [Sge::EMPTY; 2],
+            num_sge: sges.len().min(2) as u8,
+            remote_addr,
+            rkey,
+            imm,
+            signaled,
+            inline,
+        };
+        wr.sges[..sges.len().min(2)].copy_from_slice(&sges[..sges.len().min(2)]);
+        self.post_writes(std::slice::from_ref(&wr))
+    }
+
+    /// Posts `wrs` in order as chained lists of at most [`MAX_LIST`] work requests: one
+    /// `ibv_post_send` (one doorbell) per list. Never allocates. On an error, the work
+    /// requests before the failed one are posted.
+    #[inline]
+    pub fn post_writes(&mut self, wrs: &[WriteWr]) -> Result<(), Error> {
+        for chunk in wrs.chunks(MAX_LIST) {
+            self.post_list(chunk)?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn post_list(&mut self, wrs: &[WriteWr]) -> Result<(), Error> {
+        let n = wrs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        // Only the `n` entries used are initialized (a zeroed list of MAX_LIST would cost
+        // more than the post itself for one write).
+        let mut sges = [const { MaybeUninit::<[ibv_sge; 2]>::uninit() }; MAX_LIST];
+        let mut list = [const { MaybeUninit::<ibv_send_wr>::uninit() }; MAX_LIST];
+        let sges_at = sges.as_mut_ptr() as *mut [ibv_sge; 2];
+        let list_at = list.as_mut_ptr() as *mut ibv_send_wr;
+        for (i, w) in wrs.iter().enumerate() {
+            let sg = w.sges.map(|s| ibv_sge {
                 addr: s.addr as u64,
                 length: s.len,
                 lkey: s.lkey,
+            });
+            sges[i].write(sg);
+            // SAFETY: zeroed send WR is valid; we set every field the opcode uses.
+            let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+            wr.wr_id = w.wr_id;
+            // SAFETY: i < n <= MAX_LIST: in bounds of `sges`, whose entry i is written above.
+            wr.sg_list = unsafe { (*sges_at.add(i)).as_mut_ptr() };
+            wr.num_sge = w.num_sge.min(2) as i32;
+            wr.next = if i + 1 < n {
+                // SAFETY: i + 1 < n <= MAX_LIST: in bounds; written in the next iteration.
+                unsafe { list_at.add(i + 1) }
+            } else {
+                std::ptr::null_mut()
             };
-        }
-        // SAFETY: zeroed send WR is valid; we set every field the opcode uses.
-        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = wr_id;
-        wr.sg_list = list.as_mut_ptr();
-        wr.num_sge = sges.len().min(2) as i32;
-        let mut flags = 0;
-        if signaled {
-            flags |= ibv_send_flags::IBV_SEND_SIGNALED.0;
-        }
-        if inline {
-            flags |= ibv_send_flags::IBV_SEND_INLINE.0;
-        }
-        wr.send_flags = flags;
-        match imm {
-            Some(v) => {
-                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
-                wr.imm_data_invalidated_rkey_union.imm_data = v.to_be();
+            let mut flags = 0;
+            if w.signaled {
+                flags |= ibv_send_flags::IBV_SEND_SIGNALED.0;
             }
-            None => wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+            if w.inline {
+                flags |= ibv_send_flags::IBV_SEND_INLINE.0;
+            }
+            wr.send_flags = flags;
+            match w.imm {
+                Some(v) => {
+                    wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                    wr.imm_data_invalidated_rkey_union.imm_data = v.to_be();
+                }
+                None => wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+            }
+            wr.wr.rdma = rdma_t {
+                remote_addr: w.remote_addr,
+                rkey: w.rkey,
+            };
+            list[i].write(wr);
         }
-        wr.wr.rdma = rdma_t { remote_addr, rkey };
         let mut bad = std::ptr::null_mut();
-        // SAFETY: qp is live; wr and list live across the call; for non-inline sends the
-        // caller keeps the referenced memory registered and unchanged until completion.
-        let rc = unsafe { ibv_post_send(self.qp, &mut wr, &mut bad) };
+        // SAFETY: qp is live; entries 0..n of `list` and `sges` are initialized (above), chained
+        // through `next`, and live across the call; for non-inline sends the caller keeps the
+        // referenced memory registered and unchanged until completion, and inline data is
+        // copied by the call.
+        let rc = unsafe { ibv_post_send(self.qp, list_at, &mut bad) };
         if rc != 0 {
             return Err(errno_error("ibv_post_send", rc));
         }

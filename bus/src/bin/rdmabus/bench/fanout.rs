@@ -3,7 +3,8 @@
 //! latency is one-way, from the publisher's stamp to the subscriber reading in place. Each
 //! row also gives the publisher's cost per `send()` (its loop time over the messages: the
 //! increase from N-1 to N subscribers is the cost of one more) and the delivery skew: per
-//! message, the time between the first and the last subscriber reading it.
+//! message, the time between the first and the last subscriber reading it. With `--batch K`
+//! the publisher sends with `publish_all`, K messages per call.
 
 use super::result::{histogram, host, Percentiles, Row};
 use super::Common;
@@ -29,6 +30,13 @@ pub struct FanoutArgs {
     /// Ring slots per subscriber.
     #[arg(long, default_value_t = 256)]
     pub slots: u32,
+    /// Messages per `publish_all` call (1: one `send()` each). At most the publisher's
+    /// staging slots less one (`--staging` raises them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+    /// The publisher's staging slots (default: the library's, or enough for `--batch`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
+    pub staging: Option<u32>,
 }
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -61,6 +69,7 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
         .publisher::<BenchMsg>("bench.fanout")
         .max_payload(BenchMsg::archived_len(size) + 64)
         .idle(c.idle)
+        .staging_slots(staging_slots(args))
         .build()?;
     let total = c.warmup + c.iters;
     let mut threads = Vec::new();
@@ -108,13 +117,10 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
     p.wait_for_subscribers(n, WAIT)?;
     c.pin(0)?;
     let msg = BenchMsg::of_size(size);
-    for _ in 0..c.warmup {
-        p.loan()?.write(&msg)?.send()?;
-    }
+    let batch = vec![msg.clone(); args.batch as usize];
+    send(&mut p, &msg, &batch, c.warmup)?;
     let start = Instant::now();
-    for _ in 0..c.iters {
-        p.loan()?.write(&msg)?.send()?;
-    }
+    send(&mut p, &msg, &batch, c.iters)?;
     let send_ns = start.elapsed().as_nanos() as f64 / c.iters as f64;
     let mut all = histogram();
     let mut end = start;
@@ -138,7 +144,11 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
     let secs = (end - start).as_secs_f64().max(1e-9);
     let rate = c.iters as f64 / secs;
     Ok(Row {
-        label: format!("{n} subs, {size} B"),
+        label: if args.batch > 1 {
+            format!("{n} subs, {size} B, batch {}", args.batch)
+        } else {
+            format!("{n} subs, {size} B")
+        },
         size,
         subscribers: n,
         messages: c.iters,
@@ -149,4 +159,32 @@ fn one(c: &Common, args: &FanoutArgs, ip: IpAddr, n: usize, size: usize) -> Resu
         send_ns: Some(send_ns),
         skew: Some(Percentiles::of(&skew).summary),
     })
+}
+
+/// Staging slots for the publisher: `--staging`, or the default raised to fit `--batch`.
+fn staging_slots(args: &FanoutArgs) -> u32 {
+    args.staging
+        .unwrap_or_else(|| rdmabus::DEFAULT_STAGING_SLOTS.max((args.batch + 1).next_power_of_two()))
+}
+
+/// Publishes `count` messages: one `send()` each, or in `publish_all` calls of `batch`.
+fn send(
+    p: &mut rdmabus::Publisher<BenchMsg>,
+    msg: &BenchMsg,
+    batch: &[BenchMsg],
+    count: u64,
+) -> Result<(), Error> {
+    if batch.len() <= 1 {
+        for _ in 0..count {
+            p.loan()?.write(msg)?.send()?;
+        }
+        return Ok(());
+    }
+    let mut left = count;
+    while left > 0 {
+        let k = left.min(batch.len() as u64) as usize;
+        p.publish_all(&batch[..k])?;
+        left -= k as u64;
+    }
+    Ok(())
 }
