@@ -37,6 +37,7 @@ mod stats;
 pub mod stats_file;
 mod subscriber;
 pub mod transport;
+#[cfg(feature = "verbs")]
 pub mod verbs;
 
 pub use control::node::{Node, NodeBuilder, NodeEvent};
@@ -50,6 +51,9 @@ pub use publisher::{
 pub use rdmabus_proto as proto;
 pub use rdmabus_proto::Message;
 pub use reconnect::{Reconnect, SessionChange};
+/// The rkyv this crate serializes with: derive `Archive`, `Serialize` and `Deserialize` for your
+/// messages from here, so that the versions always match.
+pub use rkyv;
 pub use stats::{LinkEnd, PublisherStats, SubscriberInfo, SubscriberStats};
 pub use subscriber::{Access, Event, HistoryRequest, Received, Subscriber, SubscriberBuilder};
 pub use transport::Transport;

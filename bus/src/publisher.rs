@@ -162,7 +162,7 @@ impl<T: Message> PublisherBuilder<T> {
             .map_err(|e| Error::Config(format!("staging ring (history {}): {e}", self.history)))?;
         let memory = MmapMut::map_anon(staging.ring_bytes())
             .map_err(|e| Error::io("allocating the staging ring", e))?;
-        let staging_info = crate::verbs::link::Staging {
+        let staging_info = crate::transport::Staging {
             addr: memory.as_ptr() as usize,
             len: memory.len(),
             slot_size: slot_size as usize,

@@ -121,8 +121,10 @@ type Word = u64;
 /// Bytes per [`Word`]; slots, payloads (a 64-byte aligned slot plus the 32-byte header) and
 /// payload capacities (multiples of 32) are all multiples of it.
 const WORD: usize = std::mem::size_of::<Word>();
-const _: () =
-    assert!(HEADER_LEN % WORD == 0 && rdmabus_proto::geometry::SLOT_ALIGN as usize % WORD == 0);
+const _: () = assert!(
+    HEADER_LEN.is_multiple_of(WORD)
+        && (rdmabus_proto::geometry::SLOT_ALIGN as usize).is_multiple_of(WORD)
+);
 
 /// Copies `len` bytes, rounded up to whole [`Word`]s, from the ring at `src` to `dst`: one
 /// volatile load per word, so each word of the ring is read exactly once, as the CPU loads

@@ -110,3 +110,26 @@ pub trait LocalRing: Send {
     /// Writes the consumed position back to the publisher's credit word.
     fn return_credit(&mut self, consumed: u64) -> Result<(), Error>;
 }
+
+/// Whether this build has the verbs transport (cargo feature `verbs`, on by default).
+pub const VERBS: bool = cfg!(feature = "verbs");
+
+/// The error for `Transport::Verbs` in a build without the `verbs` feature.
+pub fn no_verbs() -> Error {
+    Error::Config(
+        "this build of rdmabus has no RDMA verbs transport (built without the `verbs` \
+         feature): use --transport shm, or a build with the default features"
+            .into(),
+    )
+}
+
+/// The publisher's staging ring, as a transport that reads it asynchronously (verbs) registers it.
+#[derive(Clone, Copy, Debug)]
+pub struct Staging {
+    /// Start address.
+    pub addr: usize,
+    /// Length in bytes.
+    pub len: usize,
+    /// Slot size.
+    pub slot_size: usize,
+}

@@ -3,6 +3,8 @@
 //! access error, while a good subscriber on the same topic goes on receiving everything.
 //! Runs in the Soft-RoCE guest (soft-roce-ci/test runs ignored tests).
 
+#![cfg(feature = "verbs")]
+
 mod common;
 
 use common::psk;

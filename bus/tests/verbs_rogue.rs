@@ -6,6 +6,8 @@
 //! publisher stopped for good at 254 messages past the rogue's receives.
 //! Runs in the Soft-RoCE guest (soft-roce-ci/test runs ignored tests).
 
+#![cfg(feature = "verbs")]
+
 mod common;
 
 use common::psk;

@@ -57,7 +57,9 @@ impl RingGeometry {
         if !slots.is_power_of_two() || !(MIN_SLOTS..=MAX_SLOTS).contains(&slots) {
             return Err(GeometryError::BadSlotCount(slots));
         }
-        if slot_size % SLOT_ALIGN != 0 || !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) {
+        if !slot_size.is_multiple_of(SLOT_ALIGN)
+            || !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size)
+        {
             return Err(GeometryError::BadSlotSize(slot_size));
         }
         let bytes = slots as u64 * slot_size as u64;

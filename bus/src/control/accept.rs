@@ -8,6 +8,7 @@ use super::node::{NewLink, NodeEvent, NodeShared, TopicShared};
 use super::session::{self, Channel, LinkState};
 use crate::shm::{seal_mapped, Registration, ShmRegion, ShmRemoteRing, CREDIT_FILE_LEN};
 use crate::transport::RemoteRing;
+#[cfg(feature = "verbs")]
 use crate::verbs::{self, VerbsRemoteRing};
 use rdmabus_proto::handshake::*;
 use rdmabus_proto::RingGeometry;
@@ -250,6 +251,7 @@ fn shm_ring(
     Ok((Box::new(ring), PubEndpoint::Shm(ShmCredit { offset: 0 })))
 }
 
+#[cfg(feature = "verbs")]
 fn verbs_ring(
     node: &NodeShared,
     fs: &FramedStream,
@@ -273,6 +275,23 @@ fn verbs_ring(
         .map_err(|e| (RejectCode::BadEndpoint, e.to_string()))?;
     let credit = PubEndpoint::Verbs(ring.endpoint());
     Ok((Box::new(ring), credit))
+}
+
+/// Built without verbs: a verbs subscriber is told so.
+#[cfg(not(feature = "verbs"))]
+fn verbs_ring(
+    node: &NodeShared,
+    _fs: &FramedStream,
+    topic: &TopicShared,
+    _geometry: RingGeometry,
+    _ep: VerbsEndpoint,
+) -> Result<(Box<dyn RemoteRing>, PubEndpoint), (RejectCode, String)> {
+    // What a verbs build would use to pick its device and register the staging ring.
+    let _ = (&node.device, node.gid_index, topic.staging);
+    Err((
+        RejectCode::TransportUnsupported,
+        format!("publisher side: {}", crate::transport::no_verbs()),
+    ))
 }
 
 /// The subscriber is attached: hand the link to the publisher, then keep its heartbeats on

@@ -5,6 +5,7 @@ use super::framed::FramedStream;
 use super::session::{self, Channel, LinkState};
 use crate::shm::ShmLocalRing;
 use crate::transport::LocalRing;
+#[cfg(feature = "verbs")]
 use crate::verbs::{self, VerbsLocalRing};
 use crate::{Error, Psk, Transport};
 use rdmabus_proto::handshake::*;
@@ -50,6 +51,7 @@ pub(crate) struct Connected {
 enum Pending {
     /// The ring, and the publisher's credit memory once handed over.
     Shm(ShmLocalRing, Option<OwnedFd>),
+    #[cfg(feature = "verbs")]
     Verbs(Box<VerbsLocalRing>),
 }
 
@@ -268,6 +270,13 @@ fn build_ring(
                 },
             ))
         }
+        #[cfg(not(feature = "verbs"))]
+        Transport::Verbs => {
+            // What a verbs build would use to pick its device.
+            let _ = (fs, p.device, p.gid_index);
+            Err(crate::transport::no_verbs())
+        }
+        #[cfg(feature = "verbs")]
         Transport::Verbs => {
             // The device is the one whose GID is this connection's local address. No device
             // is opened before the publisher has proven the key.
@@ -337,6 +346,7 @@ fn attach(pending: Pending, welcome: &Welcome) -> Result<Box<dyn LocalRing>, Err
             local.attach_credit_fd(credit, c.offset, 0)?;
             Ok(Box::new(local))
         }
+        #[cfg(feature = "verbs")]
         (Pending::Verbs(mut local), PubEndpoint::Verbs(ep)) => {
             local.connect(ep)?;
             Ok(local)

@@ -72,7 +72,7 @@ pub(crate) struct TopicShared {
     /// Set (under the `pending` lock) when the publisher is dropped or closed: a handshake
     /// that finishes later is refused.
     pub closed: AtomicBool,
-    pub staging: crate::verbs::link::Staging,
+    pub staging: crate::transport::Staging,
     pub budget: Arc<TopicBudget>,
 }
 

@@ -296,7 +296,7 @@ impl ShmRegion {
     #[inline]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         assert!(
-            offset % 8 == 0 && offset + 8 <= self.len(),
+            offset.is_multiple_of(8) && offset + 8 <= self.len(),
             "atomic word out of bounds"
         );
         // SAFETY: in bounds and 8-aligned (the mapping is page-aligned); AtomicU64 has the

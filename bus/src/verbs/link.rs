@@ -33,16 +33,7 @@ const DROP_FLUSH: Duration = Duration::from_millis(100);
 /// Spins between two looks at the clock and the QP's state while waiting.
 const CHECK_EVERY: u32 = 1024;
 
-/// The publisher's staging ring, as the verbs link needs to register it.
-#[derive(Clone, Copy, Debug)]
-pub struct Staging {
-    /// Start address.
-    pub addr: usize,
-    /// Length in bytes.
-    pub len: usize,
-    /// Slot size.
-    pub slot_size: usize,
-}
+pub use crate::transport::Staging;
 
 /// Writes into one subscriber's ring over RDMA.
 pub struct VerbsRemoteRing {
@@ -221,7 +212,7 @@ impl VerbsRemoteRing {
             }
             self.reap()?;
             rounds = rounds.wrapping_add(1);
-            if rounds % CHECK_EVERY == 0 && self.completed < needed {
+            if rounds.is_multiple_of(CHECK_EVERY) && self.completed < needed {
                 self.health()?;
                 if Instant::now() >= deadline {
                     return Err(Error::Timeout(format!(

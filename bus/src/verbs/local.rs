@@ -200,7 +200,7 @@ impl LocalRing for VerbsLocalRing {
             }
             self.reap_sends()?;
             rounds = rounds.wrapping_add(1);
-            if rounds % 1024 == 0 {
+            if rounds.is_multiple_of(1024) {
                 let started = *started.get_or_insert_with(Instant::now);
                 if started.elapsed() > CREDIT_WAIT {
                     return Err(Error::PublisherLost(format!(

@@ -1,12 +1,15 @@
 //! Peers that speak the real protocol by hand (the proto state machines over a real TCP
 //! connection), to play a rogue subscriber or publisher in tests.
 #![allow(dead_code)]
+// Without the `verbs` feature the verbs peers are compiled out, and some imports with them.
+#![cfg_attr(not(feature = "verbs"), allow(unused_imports))]
 
 use rdmabus::control::framed::FramedStream;
 use rdmabus::proto::handshake::*;
 use rdmabus::proto::slot::HEADER_LEN;
 use rdmabus::proto::{RingGeometry, SlotHeader};
 use rdmabus::transport::LocalRing;
+#[cfg(feature = "verbs")]
 use rdmabus::verbs::{self, VerbsLocalRing};
 use rdmabus::Psk;
 use std::net::{SocketAddr, TcpStream};
@@ -302,6 +305,7 @@ impl RawSub {
     }
 }
 
+#[cfg(feature = "verbs")]
 impl RawSub {
     /// Over verbs: a real registered ring of `slots`, `Auth` with its endpoint (after `lie`
     /// has had its way with it), `Welcome`, the QP connected and the ready heartbeat: returns
@@ -345,11 +349,13 @@ impl RawSub {
 }
 
 /// The verbs rogue's ring: this many receives are posted once and never again.
+#[cfg(feature = "verbs")]
 pub const ROGUE_SLOTS: u32 = 256;
 
 /// Handshakes as a subscriber with a ring of [`ROGUE_SLOTS`] slots, then never polls its
 /// completion queue (so no receive is ever reposted) while it returns credit for every slot
 /// it sees written (reading the slot headers themselves), and keeps heartbeating until `stop`.
+#[cfg(feature = "verbs")]
 pub fn rnr_rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut sub = RawSub::connect(
@@ -395,4 +401,13 @@ pub fn rnr_rogue(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thre
         }
         drop(ring);
     })
+}
+
+/// Without the `verbs` feature there is no verbs rogue (and no verbs test that needs one).
+#[cfg(not(feature = "verbs"))]
+pub fn rnr_rogue(
+    _addr: std::net::SocketAddr,
+    _stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    panic!("the verbs rogue needs the `verbs` feature")
 }

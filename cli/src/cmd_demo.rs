@@ -26,7 +26,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "block")]
     pub policy: Policy,
     /// Transport between publisher and subscribers.
-    #[arg(long, default_value = "shm")]
+    #[arg(long, default_value = "shm", value_parser = crate::parse::transport)]
     pub transport: Transport,
     /// Ring slots per subscriber and topic (a power of two from 2 to 1048576).
     #[arg(long, default_value_t = 1024, allow_negative_numbers = true, value_parser = crate::parse::slots)]
@@ -78,22 +78,15 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
         return Err(Error::Config("--subscribers must be 1 to 64".into()));
     }
     if a.transport == Transport::Verbs {
-        crate::cmd_sub::check_rdma()?;
+        crate::rdma::check_rdma()?;
     }
     let psk = Psk::random();
     // Over verbs the control connection's address picks the RDMA device: listen on one.
-    let listen =
-        match (&a.listen, a.transport) {
-            (Some(l), _) => l.clone(),
-            (None, Transport::Shm) => "127.0.0.1:0".to_string(),
-            (None, Transport::Verbs) => match rdmabus::verbs::device::first_ipv4() {
-                Some(ip) => format!("{ip}:0"),
-                None => return Err(Error::Config(
-                    "no RDMA device with an IPv4 RoCE v2 GID; see `rdma link` (README: Soft-RoCE)"
-                        .into(),
-                )),
-            },
-        };
+    let listen = match (&a.listen, a.transport) {
+        (Some(l), _) => l.clone(),
+        (None, Transport::Shm) => "127.0.0.1:0".to_string(),
+        (None, Transport::Verbs) => format!("{}:0", crate::rdma::first_ipv4()?),
+    };
     if a.chaos {
         return crate::cmd_demo_chaos::run(&a, &listen);
     }
@@ -193,7 +186,7 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
             quotes.publish_next()?
         };
         n += 1;
-        if n % 1024 == 0 && Instant::now() >= next_status {
+        if n.is_multiple_of(1024) && Instant::now() >= next_status {
             status(tty, start, n, &mut quotes, &mut trades);
             next_status += if tty {
                 Duration::from_millis(250)

@@ -473,7 +473,7 @@ impl RawCredit {
     }
 
     fn store(&self, offset: u64, v: u64) {
-        assert!(offset % 8 == 0 && offset as usize + 8 <= CREDIT_FILE_LEN);
+        assert!(offset.is_multiple_of(8) && offset as usize + 8 <= CREDIT_FILE_LEN);
         // SAFETY: in bounds and aligned (checked; the mapping is page-aligned), write
         // provenance (MmapRaw), and the publisher only reads this word atomically.
         let w = unsafe { &*(self.0.as_mut_ptr().add(offset as usize) as *const AtomicU64) };

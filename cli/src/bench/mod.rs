@@ -37,7 +37,7 @@ pub enum Kind {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
     /// Transport: shm or verbs.
-    #[arg(long, default_value = "shm")]
+    #[arg(long, default_value = "shm", value_parser = crate::parse::transport)]
     pub transport: Transport,
     /// Payload sizes in bytes, comma-separated (16 B to 64 KiB).
     #[arg(long, value_delimiter = ',', default_values_t = [16usize, 64, 256, 1024, 4096, 16384, 65536])]
@@ -86,13 +86,7 @@ impl Common {
         }
         match self.transport {
             Transport::Shm => Ok([127, 0, 0, 1].into()),
-            Transport::Verbs => rdmabus::verbs::device::first_ipv4()
-                .map(Into::into)
-                .ok_or_else(|| {
-                    Error::Config(
-                        "no RDMA device with an IPv4 RoCE v2 GID (see `rdma link`)".into(),
-                    )
-                }),
+            Transport::Verbs => crate::rdma::first_ipv4().map(Into::into),
         }
     }
 

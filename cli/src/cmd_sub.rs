@@ -68,7 +68,7 @@ pub struct SubArgs {
     #[arg(long)]
     pub cpu: Option<usize>,
     /// Transport: shm (same machine) or verbs (RDMA).
-    #[arg(long, default_value = "shm")]
+    #[arg(long, default_value = "shm", value_parser = crate::parse::transport)]
     pub transport: Transport,
     /// Local address for the control connection; over verbs it picks the RDMA interface.
     #[arg(long, value_name = "IP")]
@@ -307,21 +307,6 @@ fn work_for(d: Duration) {
     }
 }
 
-/// Whether this machine has an RDMA device the verbs transport can use; if not, says what to
-/// do (rather than the OS error of listing devices where no RDMA driver is loaded).
-pub fn check_rdma() -> Result<(), Error> {
-    let what = match rdmabus::verbs::device::list() {
-        Ok(gids) if !gids.is_empty() => return Ok(()),
-        Ok(_) => "no RDMA device found with an active port and a GID",
-        Err(_) => "no RDMA device found (no RDMA driver is loaded)",
-    };
-    Err(Error::Config(format!(
-        "{what}: load a NIC's RDMA driver, or Soft-RoCE (`modprobe rdma_rxe && rdma link add \
-         rxe0 type rxe netdev eth0`, README: Soft-RoCE), or use --transport shm on one machine; \
-         see `rdmabus doctor`"
-    )))
-}
-
 /// Runs `rdmabus sub`; the exit status says how the topics ended (the worst of them).
 pub fn run(args: SubArgs) -> Result<Exit, Error> {
     let psk = args.key.load()?;
@@ -329,7 +314,7 @@ pub fn run(args: SubArgs) -> Result<Exit, Error> {
         rdmabus::affinity::check_cpu(cpu)?;
     }
     if args.transport == Transport::Verbs {
-        check_rdma()?;
+        crate::rdma::check_rdma()?;
     }
     let mut readers: Vec<Box<dyn TopicReader>> = Vec::new();
     for topic in &args.topics {

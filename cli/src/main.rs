@@ -9,6 +9,7 @@ mod cmd_pub;
 mod cmd_stat;
 mod cmd_sub;
 mod keyopt;
+mod rdma;
 mod report;
 mod topics;
 
@@ -153,6 +154,15 @@ pub mod parse {
                  as fast as the subscribers allow"
             )),
         }
+    }
+
+    /// A transport, `shm` or `verbs`; `verbs` is refused by a build without it.
+    pub fn transport(s: &str) -> Result<rdmabus::Transport, String> {
+        let t: rdmabus::Transport = s.parse()?;
+        if t == rdmabus::Transport::Verbs && !rdmabus::transport::VERBS {
+            return Err(rdmabus::transport::no_verbs().to_string());
+        }
+        Ok(t)
     }
 
     /// A first sequence: `SEQ` (every topic) or `TOPIC=SEQ`.

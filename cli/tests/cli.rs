@@ -584,10 +584,41 @@ fn sigint_ends_the_demo_in_order() {
 }
 
 /// Whether this machine has an RDMA device the verbs transport could use.
+#[cfg(feature = "verbs")]
 fn has_rdma() -> bool {
     rdmabus::verbs::device::list().is_ok_and(|l| !l.is_empty())
 }
 
+/// A CLI built without the `verbs` feature refuses verbs where it is asked for, in one line.
+#[cfg(not(feature = "verbs"))]
+#[test]
+fn a_build_without_verbs_refuses_it_in_one_line() {
+    let dir = ShmDir::new("noverbs");
+    for args in [
+        &[
+            "sub",
+            "-c",
+            "127.0.0.1:9",
+            "-t",
+            "quotes",
+            "--transport",
+            "verbs",
+        ][..],
+        &["demo", "--transport", "verbs"][..],
+        &["bench", "pingpong", "--transport", "verbs"][..],
+    ] {
+        let e = run(&dir, args);
+        assert_eq!(e.code(), Some(EXIT_USAGE), "{args:?}: {}", e.stderr);
+        let first = e.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("no RDMA verbs transport"),
+            "{args:?}: {}",
+            e.stderr
+        );
+    }
+}
+
+#[cfg(feature = "verbs")]
 #[test]
 fn verbs_without_a_device_is_a_clear_error() {
     if has_rdma() {

@@ -70,12 +70,12 @@ fn rdma_devices(r: &mut Report) {
         let port = format!("/sys/class/infiniband/{name}/ports/1");
         let state = read(format!("{port}/state")).unwrap_or_else(|| "?".into());
         let link = read(format!("{port}/link_layer")).unwrap_or_else(|| "?".into());
-        let mtu = match rdmabus::verbs::port_mtu(name) {
+        let mtu = match crate::rdma::port_mtu(name) {
             Ok(m) => format!(
                 "active MTU {m} (a message is one packet while its archive is at most {} B: \
                  MTU minus the {}-byte slot header)",
-                m as usize - rdmabus_proto::slot::HEADER_LEN,
-                rdmabus_proto::slot::HEADER_LEN
+                m as usize - rdmabus::proto::slot::HEADER_LEN,
+                rdmabus::proto::slot::HEADER_LEN
             ),
             Err(e) => format!("cannot open ({e})"),
         };
