@@ -39,6 +39,7 @@ mod subscriber;
 pub mod transport;
 #[cfg(feature = "verbs")]
 pub mod verbs;
+pub mod verbs_options;
 
 pub use control::node::{Node, NodeBuilder, NodeEvent};
 pub use error::Error;
@@ -57,3 +58,4 @@ pub use rkyv;
 pub use stats::{LinkEnd, PublisherStats, SubscriberInfo, SubscriberStats};
 pub use subscriber::{Access, Event, HistoryRequest, Received, Subscriber, SubscriberBuilder};
 pub use transport::Transport;
+pub use verbs_options::VerbsOptions;

@@ -68,6 +68,7 @@ pub(crate) struct Rejoin {
     pub bind: Option<IpAddr>,
     pub device: Option<String>,
     pub gid_index: Option<u8>,
+    pub verbs: crate::verbs_options::VerbsOptions,
     pub history: HistoryRequest,
     pub policy: Reconnect,
     pub down: Option<Down>,
@@ -99,6 +100,7 @@ impl Rejoin {
             bind: self.bind,
             device: self.device.as_deref(),
             gid_index: self.gid_index,
+            verbs: self.verbs,
             history: self.history,
             resume,
         }
@@ -161,6 +163,7 @@ mod tests {
             bind: None,
             device: None,
             gid_index: None,
+            verbs: Default::default(),
             history: HistoryRequest::None,
             policy: Reconnect {
                 initial_backoff: Duration::from_millis(50),

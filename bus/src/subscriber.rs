@@ -177,6 +177,7 @@ pub struct SubscriberBuilder<T> {
     bind: Option<std::net::IpAddr>,
     device: Option<String>,
     gid_index: Option<u8>,
+    verbs: crate::verbs_options::VerbsOptions,
     history: HistoryRequest,
     reconnect: Option<Reconnect>,
     _t: PhantomData<fn() -> T>,
@@ -210,6 +211,14 @@ impl<T: Message> SubscriberBuilder<T> {
     /// GID index to use over verbs (default: the RoCE v2 GID of the local address).
     pub fn gid_index(mut self, index: u8) -> Self {
         self.gid_index = Some(index);
+        self
+    }
+
+    /// RDMA knobs for verbs links: port, traffic class (DSCP), service level, MTU cap, QP
+    /// timeout and retries (default [`VerbsOptions::default`](crate::VerbsOptions)); checked
+    /// when a link is set up.
+    pub fn verbs_options(mut self, options: crate::verbs_options::VerbsOptions) -> Self {
+        self.verbs = options;
         self
     }
 
@@ -282,6 +291,7 @@ impl<T: Message> SubscriberBuilder<T> {
 
     /// Connects, authenticates and sets up the ring.
     pub fn connect(self) -> Result<Subscriber<T>, Error> {
+        self.verbs.check()?;
         let psk = match self.psk {
             Some(p) => p,
             None => Psk::from_env_default()?,
@@ -298,6 +308,7 @@ impl<T: Message> SubscriberBuilder<T> {
             bind: self.bind,
             device: self.device,
             gid_index: self.gid_index,
+            verbs: self.verbs,
             history: self.history,
             policy: self.reconnect.unwrap_or_default(),
             down: None,
@@ -488,6 +499,7 @@ impl<T: Message> Subscriber<T> {
             bind: None,
             device: None,
             gid_index: None,
+            verbs: Default::default(),
             history: HistoryRequest::None,
             reconnect: None,
             _t: PhantomData,

@@ -66,6 +66,8 @@ pub struct PubArgs {
     #[arg(long)]
     pub gid_index: Option<u8>,
     #[command(flatten)]
+    pub verbs: crate::verbsopt::VerbsArgs,
+    #[command(flatten)]
     pub key: KeyArgs,
 }
 
@@ -115,7 +117,7 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
     if let Some(g) = args.gid_index {
         builder = builder.gid_index(g);
     }
-    let node = builder.start()?;
+    let node = builder.verbs_options(args.verbs.options()?).start()?;
     let mut pubs = args
         .topics
         .iter()

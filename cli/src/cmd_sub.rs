@@ -80,6 +80,8 @@ pub struct SubArgs {
     #[arg(long)]
     pub gid_index: Option<u8>,
     #[command(flatten)]
+    pub verbs: crate::verbsopt::VerbsArgs,
+    #[command(flatten)]
     pub key: KeyArgs,
 }
 
@@ -145,7 +147,7 @@ where
         if let Some(g) = args.gid_index {
             b = b.gid_index(g);
         }
-        let sub = b.connect()?;
+        let sub = b.verbs_options(args.verbs.options()?).connect()?;
         let report = TopicReport {
             topic: topic.to_string(),
             subscriber_id: sub.id(),
@@ -313,6 +315,8 @@ pub fn run(args: SubArgs) -> Result<Exit, Error> {
     if let Some(cpu) = args.cpu {
         rdmabus::affinity::check_cpu(cpu)?;
     }
+    // Odd RDMA options are usage errors before anything connects.
+    args.verbs.options()?;
     if args.transport == Transport::Verbs {
         crate::rdma::check_rdma()?;
     }

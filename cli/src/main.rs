@@ -9,9 +9,11 @@ mod cmd_pub;
 mod cmd_stat;
 mod cmd_sub;
 mod keyopt;
+mod logging;
 mod rdma;
 mod report;
 mod topics;
+mod verbsopt;
 
 use clap::{Parser, Subcommand};
 use rdmabus::proto::handshake::{GoodbyeReason, RejectCode};
@@ -352,13 +354,13 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RDMABUS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    match logging::format_from_env() {
+        Ok(f) => logging::init(f),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(Exit::Usage.code());
+        }
+    }
     // Usage errors exit 2 here (clap).
     let cli = Cli::parse();
     // Stats files that killed rdmabus processes left in the shm directory go now.

@@ -514,6 +514,27 @@ fn odd_numbers_are_clear_usage_errors() {
         (&["stat", "--count", "0"], "--count"),
         (&["pub", "-l", l, "--cpu", "999"], "CPU 999"),
         (&["sub", "-c", c, "-t", "quotes", "--cpu", "999"], "CPU 999"),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--rnr-retry", "7"],
+            "--rnr-retry",
+        ),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--retry-count", "8"],
+            "--retry-count",
+        ),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--qp-timeout", "0"],
+            "--qp-timeout",
+        ),
+        (&["sub", "-c", c, "-t", "quotes", "--sl", "16"], "--sl"),
+        (&["sub", "-c", c, "-t", "quotes", "--dscp", "64"], "--dscp"),
+        (&["sub", "-c", c, "-t", "quotes", "--mtu", "1500"], "--mtu"),
+        (
+            &["sub", "-c", c, "-t", "quotes", "--ib-port", "0"],
+            "--ib-port",
+        ),
+        (&["pub", "-l", l, "--tclass", "256"], "--tclass"),
+        (&["pub", "-l", l, "--tclass", "4", "--dscp", "1"], "--dscp"),
     ];
     for (args, says) in cases {
         let e = run(&dir, args);
@@ -737,4 +758,152 @@ fn nothing_is_left_in_the_shm_directory_after_a_death() {
     std::fs::remove_file(&key).unwrap();
     std::fs::remove_file(&foreign).unwrap();
     assert_eq!(dir.stats_files(None), Vec::<PathBuf>::new());
+}
+
+/// `RDMABUS_LOG_FORMAT=json`: every log line is one JSON object (here the publisher's line
+/// about a subscriber it refused, whose peer-chosen name cannot break the line); no ANSI
+/// escapes when stderr is not a terminal; an unknown format is a usage error.
+#[test]
+fn logs_are_json_lines_on_request_and_plain_when_redirected() {
+    let dir = ShmDir::new("logs");
+    for format in ["json", "text"] {
+        let mut child = rdmabus(&dir)
+            .args(["pub", "--listen", &format!("{}:0", common::test_ip())])
+            .args(["-t", "quotes", "--rate", "100"])
+            .env("RDMABUS_LOG_FORMAT", format)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let pub_proc = Kid(Some(child));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = rx.recv_timeout(WAIT).expect("pub printed nothing");
+        let addr: SocketAddr = first
+            .split(" on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.trim_end_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        // A subscriber with the wrong key, and a name full of terminal escapes.
+        let key_file = dir.0.join("wrong.key");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key_file)
+                .unwrap();
+            std::io::Write::write_all(
+                &mut f,
+                b"rdmabus-psk-v1:00112233445566778899aabbccddeeff00112233445566778899aabbccddee01\n",
+            )
+            .unwrap();
+        }
+        let e = run(
+            &dir,
+            &[
+                "sub",
+                "-c",
+                &addr.to_string(),
+                "-t",
+                "quotes",
+                "--name",
+                "evil\x1b[2J",
+                "--key-file",
+                key_file.to_str().unwrap(),
+            ],
+        );
+        assert_ne!(e.code(), Some(0), "{}", e.stderr);
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        let logged = |l: &String| l.contains("refused") || l.contains("handshake failed");
+        while !lines.iter().any(logged) {
+            assert!(Instant::now() < deadline, "no refusal logged: {lines:?}");
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                lines.push(l);
+            }
+        }
+        drop(pub_proc);
+        for l in lines.iter().filter(|l| logged(l)) {
+            assert!(!l.contains('\x1b'), "an escape reached the log: {l:?}");
+            if format == "json" {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+            } else {
+                assert!(serde_json::from_str::<serde_json::Value>(l).is_err(), "{l}");
+            }
+        }
+    }
+    let e = Kid(Some(
+        rdmabus(&dir)
+            .args(["keygen"])
+            .env("RDMABUS_LOG_FORMAT", "yaml")
+            .spawn()
+            .unwrap(),
+    ))
+    .ended(WAIT);
+    assert_eq!(e.code(), Some(EXIT_USAGE), "{}", e.stderr);
+    assert!(e.stderr.contains("RDMABUS_LOG_FORMAT"), "{}", e.stderr);
+}
+
+/// Over verbs (in the Soft-RoCE guest): the RDMA knobs reach the queue pair, and the link's
+/// device, GID, path MTU, inline size and QP numbers are logged at info when it connects.
+#[test]
+fn verbs_knobs_are_applied_and_logged() {
+    if common::transport() != rdmabus::Transport::Verbs {
+        eprintln!("skipped: RDMABUS_TEST_TRANSPORT is not verbs");
+        return;
+    }
+    let dir = ShmDir::new("knobs");
+    let (_publisher, addr) = publisher(&dir, &["-t", "quotes", "--rate", "1000", "--dscp", "26"]);
+    let mut c = rdmabus(&dir);
+    c.args([
+        "sub",
+        "--connect",
+        &addr.to_string(),
+        "--transport",
+        "verbs",
+    ])
+    .args([
+        "-t", "quotes", "--count", "100", "--mtu", "1024", "--sl", "3",
+    ])
+    .args([
+        "--qp-timeout",
+        "12",
+        "--retry-count",
+        "5",
+        "--rnr-retry",
+        "4",
+    ])
+    .env("RDMABUS_LOG", "info");
+    let e = Kid(Some(c.spawn().unwrap())).ended(WAIT);
+    assert_eq!(e.code(), Some(0), "{}", e.stderr);
+    let line = e
+        .stderr
+        .lines()
+        .find(|l| l.contains("verbs: connected"))
+        .unwrap_or_else(|| panic!("no connect line: {}", e.stderr));
+    for want in [
+        "path_mtu=1024",
+        "service_level=3",
+        "timeout=12",
+        "retry_count=5",
+        "rnr_retry=4",
+        "gid_type=\"RoCE v2\"",
+        "max_inline=",
+        "qpn=",
+        "remote_qpn=",
+        "device=rxe",
+    ] {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
 }

@@ -263,12 +263,13 @@ fn verbs_ring(
         .local_addr()
         .map_err(|e| (RejectCode::BadEndpoint, e.to_string()))?
         .ip();
-    let choice = verbs::choose(node.device.as_deref(), node.gid_index, local).map_err(|e| {
-        (
-            RejectCode::TransportUnsupported,
-            format!("publisher side: {e}"),
-        )
-    })?;
+    let choice = verbs::choose(node.device.as_deref(), node.gid_index, local, &node.verbs)
+        .map_err(|e| {
+            (
+                RejectCode::TransportUnsupported,
+                format!("publisher side: {e}"),
+            )
+        })?;
     let mut ring = VerbsRemoteRing::new(&choice, topic.staging, geometry, ep)
         .map_err(|e| (RejectCode::BadEndpoint, e.to_string()))?;
     ring.connect()
@@ -287,7 +288,7 @@ fn verbs_ring(
     _ep: VerbsEndpoint,
 ) -> Result<(Box<dyn RemoteRing>, PubEndpoint), (RejectCode, String)> {
     // What a verbs build would use to pick its device and register the staging ring.
-    let _ = (&node.device, node.gid_index, topic.staging);
+    let _ = (&node.device, node.gid_index, node.verbs, topic.staging);
     Err((
         RejectCode::TransportUnsupported,
         format!("publisher side: {}", crate::transport::no_verbs()),

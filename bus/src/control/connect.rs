@@ -30,6 +30,7 @@ pub(crate) struct ConnectParams<'a> {
     pub bind: Option<IpAddr>,
     pub device: Option<&'a str>,
     pub gid_index: Option<u8>,
+    pub verbs: crate::verbs_options::VerbsOptions,
     pub history: rdmabus_proto::history::HistoryRequest,
     /// Reconnecting: the previous session's epoch and the sequence expected next.
     pub resume: Option<(u64, u64)>,
@@ -273,14 +274,14 @@ fn build_ring(
         #[cfg(not(feature = "verbs"))]
         Transport::Verbs => {
             // What a verbs build would use to pick its device.
-            let _ = (fs, p.device, p.gid_index);
+            let _ = (fs, p.device, p.gid_index, p.verbs);
             Err(crate::transport::no_verbs())
         }
         #[cfg(feature = "verbs")]
         Transport::Verbs => {
             // The device is the one whose GID is this connection's local address. No device
             // is opened before the publisher has proven the key.
-            let choice = verbs::choose(p.device, p.gid_index, fs.local_addr()?.ip())?;
+            let choice = verbs::choose(p.device, p.gid_index, fs.local_addr()?.ip(), &p.verbs)?;
             let local = VerbsLocalRing::create(&choice, geometry)?;
             let ep = local.endpoint();
             Ok((

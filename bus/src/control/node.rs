@@ -86,6 +86,7 @@ pub(crate) struct NodeShared {
     pub events: Mutex<VecDeque<NodeEvent>>,
     pub device: Option<String>,
     pub gid_index: Option<u8>,
+    pub verbs: crate::verbs_options::VerbsOptions,
     pub slots: Arc<HandshakeSlots>,
     /// Refusals and dropped connections are logged at most this often.
     pub refusal_log: LogLimiter,
@@ -137,6 +138,7 @@ pub struct NodeBuilder {
     heartbeat: Duration,
     device: Option<String>,
     gid_index: Option<u8>,
+    verbs: crate::verbs_options::VerbsOptions,
     max_handshakes: u32,
     max_handshakes_per_peer: u32,
 }
@@ -186,8 +188,17 @@ impl NodeBuilder {
         self
     }
 
+    /// RDMA knobs for verbs links: port, traffic class (DSCP), service level, MTU cap, QP
+    /// timeout and retries (default [`VerbsOptions::default`](crate::VerbsOptions)); checked
+    /// when a link is set up.
+    pub fn verbs_options(mut self, options: crate::verbs_options::VerbsOptions) -> Self {
+        self.verbs = options;
+        self
+    }
+
     /// Binds the listener and starts accepting subscribers.
     pub fn start(self) -> Result<Node, Error> {
+        self.verbs.check()?;
         let psk = match self.psk {
             Some(p) => p,
             None => Psk::from_env_default()?,
@@ -221,6 +232,7 @@ impl NodeBuilder {
             events: Mutex::new(VecDeque::new()),
             device: self.device,
             gid_index: self.gid_index,
+            verbs: self.verbs,
             slots: HandshakeSlots::new(self.max_handshakes, self.max_handshakes_per_peer),
             refusal_log: LogLimiter::new(10, Duration::from_secs(10)),
             fd_exchange: std::sync::OnceLock::new(),
@@ -289,6 +301,7 @@ impl Node {
             heartbeat: Duration::from_millis(200),
             device: None,
             gid_index: None,
+            verbs: Default::default(),
             max_handshakes: limits::DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_peer: limits::DEFAULT_MAX_HANDSHAKES_PER_PEER,
         }

@@ -1,19 +1,17 @@
-//! An open device context (rdma-sys), with its port 1 attributes and the device's limits.
+//! An open device context (rdma-sys), with the attributes of the port it uses and the device's
+//! limits.
 
 use super::os_error;
 use crate::Error;
 use rdma_sys::*;
 use std::ffi::CStr;
 
-/// The port every connection uses.
-pub const PORT: u8 = 1;
-
 /// An open RDMA device.
 pub struct Context {
     pub(super) ctx: *mut ibv_context,
-    /// LID of port 1 (0 on RoCE).
+    /// LID of the port (0 on RoCE).
     pub lid: u16,
-    /// Active MTU of port 1.
+    /// Active MTU of the port.
     pub active_mtu: ibv_mtu::Type,
     /// What the device can hold (`ibv_query_device`).
     pub limits: DeviceLimits,
@@ -36,8 +34,8 @@ unsafe impl Send for Context {}
 unsafe impl Sync for Context {}
 
 impl Context {
-    /// Opens the device called `name`.
-    pub fn open(name: &str) -> Result<Self, Error> {
+    /// Opens the device called `name`, to use its port `port` (which must be active).
+    pub fn open(name: &str, port: u8) -> Result<Self, Error> {
         let mut n = 0;
         // SAFETY: ibv_get_device_list returns an array of `n` device pointers (or null) that
         // stays valid until ibv_free_device_list, which we call before returning.
@@ -65,7 +63,7 @@ impl Context {
         // SAFETY: zeroed ibv_port_attr is a valid value to be filled in by the query.
         let mut attr: ibv_port_attr = unsafe { std::mem::zeroed() };
         // SAFETY: ctx is an open context and attr a writable ibv_port_attr.
-        let rc = unsafe { ___ibv_query_port(ctx, PORT, &mut attr) };
+        let rc = unsafe { ___ibv_query_port(ctx, port, &mut attr) };
         // SAFETY: zeroed ibv_device_attr is a valid value to be filled in by the query.
         let mut dev: ibv_device_attr = unsafe { std::mem::zeroed() };
         // SAFETY: ctx is an open context and dev a writable ibv_device_attr.
@@ -88,7 +86,7 @@ impl Context {
         }
         if attr.state != ibv_port_state::IBV_PORT_ACTIVE {
             return Err(Error::Config(format!(
-                "port 1 of RDMA device {name:?} is not active"
+                "port {port} of RDMA device {name:?} is not active"
             )));
         }
         Ok(this)

@@ -77,7 +77,7 @@ impl VerbsRemoteRing {
                 geometry.ring_bytes()
             )));
         }
-        let ctx = Arc::new(Context::open(&choice.device)?);
+        let ctx = Arc::new(Context::open(&choice.device, choice.port)?);
         let pd = Pd::new(ctx.clone())?;
         let cq = Cq::new(ctx, SQ_DEPTH as i32 + 16)?;
         let qp = Qp::new(
@@ -89,8 +89,7 @@ impl VerbsRemoteRing {
                 recv: 1,
                 inline: INLINE,
             },
-            choice.gid_index,
-            choice.gid,
+            choice,
         )?;
         let headers = Mr::alloc(
             pd.clone(),

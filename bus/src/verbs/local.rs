@@ -50,7 +50,7 @@ impl VerbsLocalRing {
     /// Opens the device, registers a ring of `geometry`, creates the QP and posts a receive
     /// for every slot.
     pub fn create(choice: &Choice, geometry: RingGeometry) -> Result<Self, Error> {
-        let ctx = Arc::new(Context::open(&choice.device)?);
+        let ctx = Arc::new(Context::open(&choice.device, choice.port)?);
         super::check_geometry(&choice.device, &ctx.limits, geometry)?;
         let pd = Pd::new(ctx.clone())?;
         let recv_cq = Cq::new(ctx.clone(), (geometry.slots() + CQ_SPARE) as i32)?;
@@ -60,14 +60,7 @@ impl VerbsLocalRing {
             recv: geometry.slots(),
             inline: 64,
         };
-        let qp = Qp::new(
-            pd.clone(),
-            &send_cq,
-            &recv_cq,
-            caps,
-            choice.gid_index,
-            choice.gid,
-        )?;
+        let qp = Qp::new(pd.clone(), &send_cq, &recv_cq, caps, choice)?;
         // Zero-based: the publisher is told offsets into the ring, not our addresses.
         let ring = Mr::alloc_zero_based(
             pd.clone(),

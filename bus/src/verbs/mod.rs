@@ -62,9 +62,9 @@ pub(crate) fn random_psn() -> u32 {
     u32::from_le_bytes(b) & 0x00ff_ffff
 }
 
-/// The limits of device `name` (`ibv_query_device`).
+/// The limits of device `name` (`ibv_query_device`; its port 1 must be active).
 pub fn limits(name: &str) -> Result<DeviceLimits, Error> {
-    Ok(context::Context::open(name)?.limits)
+    Ok(context::Context::open(name, 1)?.limits)
 }
 
 /// Whether a subscriber's ring of `geometry` fits device `device` with limits `limits`: one
@@ -109,7 +109,12 @@ pub fn check_geometry(
 
 /// Active MTU, in bytes, of port 1 of device `name`.
 pub fn port_mtu(name: &str) -> Result<u32, Error> {
-    let ctx = context::Context::open(name)?;
+    port_mtu_on(name, 1)
+}
+
+/// Active MTU, in bytes, of port `port` of device `name`.
+pub fn port_mtu_on(name: &str, port: u8) -> Result<u32, Error> {
+    let ctx = context::Context::open(name, port)?;
     Ok(mtu_bytes(ctx.active_mtu))
 }
 
@@ -136,7 +141,7 @@ mod tests {
             .expect("RDMABUS_TEST_ADDR")
             .parse()
             .unwrap();
-        let choice = choose(None, None, ip).unwrap();
+        let choice = choose(None, None, ip, &Default::default()).unwrap();
         let slot_size = 2048u32;
         let geometry = RingGeometry::new(8, slot_size).unwrap();
         let mut local = VerbsLocalRing::create(&choice, geometry).unwrap();

@@ -1,8 +1,8 @@
 //! A reliable-connected queue pair: creation, connection (INIT → RTR → RTS), and the posts
 //! the bus uses (RDMA WRITE with or without immediate, zero-length receives).
 
-use super::context::PORT;
 use super::cq::Cq;
+use super::device::Choice;
 use super::pd::Pd;
 use super::{errno_error, mtu_bytes, mtu_enum, random_psn};
 use crate::Error;
@@ -11,12 +11,7 @@ use rdmabus_proto::handshake::VerbsEndpoint;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
-/// Local ACK timeout exponent (4.096 µs × 2^n).
-pub const ACK_TIMEOUT: u8 = 14;
-/// Transport retries before a work request fails (at most 7, which is not "forever").
-pub const RETRY_COUNT: u8 = 6;
-/// Receiver-not-ready retries before a work request fails (7 would be "forever").
-pub const RNR_RETRY: u8 = 6;
+use crate::verbs_options::VerbsOptions;
 
 /// Sizes asked for at creation.
 #[derive(Clone, Copy, Debug)]
@@ -34,8 +29,12 @@ pub struct Qp {
     qp: *mut ibv_qp,
     psn: u32,
     max_inline: u32,
+    device: String,
+    port: u8,
     gid_index: u8,
+    gid_type: u32,
     gid: [u8; 16],
+    options: VerbsOptions,
     pd: Arc<Pd>,
 }
 
@@ -98,8 +97,7 @@ impl Qp {
         send_cq: &Cq,
         recv_cq: &Cq,
         caps: QpCaps,
-        gid_index: u8,
-        gid: [u8; 16],
+        choice: &Choice,
     ) -> Result<Self, Error> {
         // SAFETY: zeroed init attributes are valid; we fill the fields we use.
         let mut attr: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
@@ -148,8 +146,12 @@ impl Qp {
             qp,
             psn: random_psn(),
             max_inline: attr.cap.max_inline_data,
-            gid_index,
-            gid,
+            device: choice.device.clone(),
+            port: choice.port,
+            gid_index: choice.gid_index,
+            gid_type: choice.gid_type,
+            gid: choice.gid,
+            options: choice.options,
             pd,
         })
     }
@@ -190,7 +192,12 @@ impl Qp {
             psn: self.psn,
             gid: self.gid,
             lid: self.pd.ctx.lid,
-            mtu: mtu_bytes(self.pd.ctx.active_mtu),
+            mtu: self
+                .options
+                .mtu
+                .map_or(mtu_bytes(self.pd.ctx.active_mtu), |cap| {
+                    cap.min(mtu_bytes(self.pd.ctx.active_mtu))
+                }),
             addr,
             rkey,
             len,
@@ -218,7 +225,7 @@ impl Qp {
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_INIT;
         a.pkey_index = 0;
-        a.port_num = PORT;
+        a.port_num = self.port;
         a.qp_access_flags = (ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
             | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
             .0;
@@ -231,17 +238,23 @@ impl Qp {
         // SAFETY: as above.
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_RTR;
-        a.path_mtu = mtu_enum(remote.mtu.min(mtu_bytes(self.pd.ctx.active_mtu)));
+        let mut mtu = remote.mtu.min(mtu_bytes(self.pd.ctx.active_mtu));
+        if let Some(cap) = self.options.mtu {
+            mtu = mtu.min(cap);
+        }
+        a.path_mtu = mtu_enum(mtu);
         a.dest_qp_num = remote.qpn;
         a.rq_psn = remote.psn;
         a.max_dest_rd_atomic = 1;
         a.min_rnr_timer = 12;
         a.ah_attr.is_global = 1;
         a.ah_attr.dlid = remote.lid;
-        a.ah_attr.port_num = PORT;
+        a.ah_attr.port_num = self.port;
+        a.ah_attr.sl = self.options.service_level;
         a.ah_attr.grh.dgid = ibv_gid { raw: remote.gid };
         a.ah_attr.grh.sgid_index = self.gid_index;
         a.ah_attr.grh.hop_limit = 64;
+        a.ah_attr.grh.traffic_class = self.options.traffic_class;
         self.modify(
             &mut a,
             M::IBV_QP_STATE
@@ -260,10 +273,11 @@ impl Qp {
         a.sq_psn = self.psn;
         // Finite retries (7 would mean forever): a peer that stops acknowledging or stops
         // posting receives fails this QP's work requests with RETRY_EXC / RNR_RETRY_EXC
-        // instead of holding its sender. 14 is 4.096 µs × 2^14 ≈ 67 ms per transport retry.
-        a.timeout = ACK_TIMEOUT;
-        a.retry_cnt = RETRY_COUNT;
-        a.rnr_retry = RNR_RETRY;
+        // instead of holding its sender (`VerbsOptions::check` refuses 7). The default timeout
+        // 14 is 4.096 µs × 2^14 ≈ 67 ms per transport retry.
+        a.timeout = self.options.timeout;
+        a.retry_cnt = self.options.retry_count;
+        a.rnr_retry = self.options.rnr_retry;
         a.max_rd_atomic = 1;
         self.modify(
             &mut a,
@@ -274,7 +288,26 @@ impl Qp {
                 | M::IBV_QP_RNR_RETRY
                 | M::IBV_QP_MAX_QP_RD_ATOMIC,
             "QP to RTS",
-        )
+        )?;
+        tracing::info!(
+            device = %self.device,
+            port = self.port,
+            gid_index = self.gid_index,
+            gid_type = gid_type_name(self.gid_type),
+            gid = %super::device::format_gid(&self.gid),
+            path_mtu = mtu,
+            max_inline = self.max_inline,
+            // SAFETY: qp is live.
+            qpn = unsafe { (*self.qp).qp_num },
+            remote_qpn = remote.qpn,
+            traffic_class = self.options.traffic_class,
+            service_level = self.options.service_level,
+            timeout = self.options.timeout,
+            retry_count = self.options.retry_count,
+            rnr_retry = self.options.rnr_retry,
+            "verbs: connected"
+        );
+        Ok(())
     }
 
     /// Posts one RDMA WRITE (with immediate if `imm` is given) of `sges` to `remote_addr`.
@@ -404,5 +437,15 @@ impl Drop for Qp {
     fn drop(&mut self) {
         // SAFETY: qp is live; owners drop the QP before its CQ and memory regions.
         unsafe { ibv_destroy_qp(self.qp) };
+    }
+}
+
+/// The name of a GID type (`ibv_gid_type`).
+fn gid_type_name(t: u32) -> &'static str {
+    match t {
+        0 => "IB",
+        1 => "RoCE v1",
+        2 => "RoCE v2",
+        _ => "unknown",
     }
 }

@@ -316,7 +316,13 @@ impl RawSub {
         lie: impl FnOnce(&mut VerbsEndpoint),
     ) -> (VerbsLocalRing, RingGeometry, Welcome, Session) {
         let accept = self.accepted();
-        let choice = verbs::choose(None, None, self.fs.local_addr().unwrap().ip()).unwrap();
+        let choice = verbs::choose(
+            None,
+            None,
+            self.fs.local_addr().unwrap().ip(),
+            &Default::default(),
+        )
+        .unwrap();
         let geometry = RingGeometry::new(slots, accept.slot_size).unwrap();
         let mut ring = VerbsLocalRing::create(&choice, geometry).unwrap();
         let mut ep = ring.endpoint();

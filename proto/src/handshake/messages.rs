@@ -345,10 +345,25 @@ impl ControlMsg {
     pub fn decode(payload: &[u8]) -> Result<Self, FrameError> {
         let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
         aligned.extend_from_slice(payload);
-        let msg = rkyv::from_bytes::<Self, rancor::Error>(&aligned)
+        let mut msg = rkyv::from_bytes::<Self, rancor::Error>(&aligned)
             .map_err(|e| FrameError::Invalid(e.to_string()))?;
         msg.check_bounds().map_err(FrameError::Invalid)?;
+        msg.escape_text();
         Ok(msg)
+    }
+
+    /// Escapes control characters (ANSI escapes, newlines, ...) in the free text a peer sent,
+    /// so that it cannot rewrite a terminal or forge log lines wherever it is shown.
+    fn escape_text(&mut self) {
+        match self {
+            Self::Hello(h) => {
+                escape_controls(&mut h.schema);
+                escape_controls(&mut h.client_name);
+            }
+            Self::Reject(r) => escape_controls(&mut r.message),
+            Self::Goodbye(g) => escape_controls(&mut g.message),
+            _ => {}
+        }
     }
 
     fn check_bounds(&self) -> Result<(), String> {
@@ -413,6 +428,21 @@ pub fn check_ring(ring: &RingDescriptor, min_slot_size: u32) -> Result<RingGeome
         ));
     }
     Ok(g)
+}
+
+/// Replaces every control character of `s` by its Rust escape (`\u{1b}`, `\n`, ...).
+pub fn escape_controls(s: &mut String) {
+    if s.chars().any(char::is_control) {
+        let mut out = String::with_capacity(s.len() + 8);
+        for c in s.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        *s = out;
+    }
 }
 
 fn truncate(s: &mut String, max: usize) {
@@ -521,6 +551,39 @@ mod tests {
         ];
         for m in &msgs {
             assert_eq!(&roundtrip(m), m);
+        }
+    }
+
+    #[test]
+    fn control_characters_a_peer_sends_arrive_escaped() {
+        let rogue = "\u{1b}[2J\u{1b}[31mforged\nINFO all good\r\u{7}";
+        let msgs = [
+            ControlMsg::Reject(Reject::new(RejectCode::BadMessage, rogue)),
+            ControlMsg::Goodbye(Goodbye {
+                reason: GoodbyeReason::Error,
+                message: rogue.into(),
+                end: None,
+            }),
+        ];
+        for m in msgs {
+            let bytes = m.encode();
+            let got = ControlMsg::decode(&bytes[FRAME_HEADER_LEN..]).unwrap();
+            let text = match &got {
+                ControlMsg::Reject(r) => &r.message,
+                ControlMsg::Goodbye(g) => &g.message,
+                _ => unreachable!(),
+            };
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+            assert_eq!(text, "\\u{1b}[2J\\u{1b}[31mforged\\nINFO all good\\r\\u{7}");
+        }
+        let mut m = hello();
+        if let ControlMsg::Hello(h) = &mut m {
+            h.client_name = "sub\u{1b}]0;pwned\u{7}".into();
+        }
+        let bytes = m.encode();
+        match ControlMsg::decode(&bytes[FRAME_HEADER_LEN..]).unwrap() {
+            ControlMsg::Hello(h) => assert_eq!(h.client_name, "sub\\u{1b}]0;pwned\\u{7}"),
+            other => panic!("{other:?}"),
         }
     }
 
