@@ -175,7 +175,9 @@ impl<T: Message> PublisherBuilder<T> {
             name: self.topic.clone(),
             schema: std::any::type_name::<T>(),
             slot_size,
-            next_seq: AtomicU64::new(self.first_seq.unwrap_or(0)),
+            next_seq: crossbeam_utils::CachePadded::new(AtomicU64::new(
+                self.first_seq.unwrap_or(0),
+            )),
             epoch,
             resumed_at: Mutex::new(self.first_seq),
             history: self.history,

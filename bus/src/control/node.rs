@@ -59,7 +59,10 @@ pub(crate) struct TopicShared {
     pub name: String,
     pub schema: &'static str,
     pub slot_size: u32,
-    pub next_seq: AtomicU64,
+    /// The next sequence, stored by the publisher at every send and read by handshakes: on
+    /// cache lines of its own, so that the control threads' writes to the fields around it
+    /// (ids, the pending queue, its lock) never take the line from the publisher's core.
+    pub next_seq: crossbeam_utils::CachePadded<AtomicU64>,
     /// The publisher's session identity, sent in `Accept` and `Welcome`.
     pub epoch: u64,
     /// Where the session resumed a numbering, if it did (sent in `Accept`).
