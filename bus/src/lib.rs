@@ -28,6 +28,7 @@ pub mod clock;
 pub mod control;
 mod error;
 mod idle;
+pub mod pages;
 mod policy;
 mod psk;
 mod publisher;

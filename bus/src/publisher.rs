@@ -160,8 +160,7 @@ impl<T: Message> PublisherBuilder<T> {
             })?;
         let staging = RingGeometry::new(staging_slots, slot_size)
             .map_err(|e| Error::Config(format!("staging ring (history {}): {e}", self.history)))?;
-        let memory = MmapMut::map_anon(staging.ring_bytes())
-            .map_err(|e| Error::io("allocating the staging ring", e))?;
+        let (memory, pages) = crate::pages::alloc(staging.ring_bytes(), "the staging ring")?;
         let staging_info = crate::transport::Staging {
             addr: memory.as_ptr() as usize,
             len: memory.len(),
@@ -219,6 +218,7 @@ impl<T: Message> PublisherBuilder<T> {
             stamper: Stamper::new(),
             batch_lens: vec![0; staging_slots as usize],
             epoch,
+            pages,
             policy: self.policy,
             idle: self.idle,
             counters: Counters::new(Kind::Topic, 0, &self.topic),
@@ -320,6 +320,8 @@ pub struct Publisher<T> {
     /// Payload lengths of the batch being published (one per staging slot).
     batch_lens: Vec<u32>,
     epoch: u64,
+    /// The pages the staging ring is on.
+    pages: crate::pages::Pages,
     policy: Policy,
     idle: IdleStrategy,
     counters: Counters,
@@ -657,6 +659,12 @@ impl<T> Publisher<T> {
                 link.fail(format!("transport error: {e}"));
             }
         }
+    }
+
+    /// The pages the staging ring is on: 2 MiB ones when the hugetlb pool had them (see
+    /// `RDMABUS_HUGEPAGES`), else 4 KiB ones.
+    pub fn staging_pages(&self) -> crate::pages::Pages {
+        self.pages
     }
 
     /// Messages [`publish_all`](Self::publish_all) takes at most in one call: the staging

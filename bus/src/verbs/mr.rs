@@ -24,8 +24,12 @@ unsafe impl Send for Mr {}
 impl Mr {
     /// Allocates `len` zeroed bytes and registers them with `access` flags.
     pub fn alloc(pd: Arc<Pd>, len: usize, access: ibv_access_flags) -> Result<Self, Error> {
-        let mut map =
-            MmapMut::map_anon(len.max(1)).map_err(|e| Error::io("verbs: allocating memory", e))?;
+        // Small regions (a credit word, inline headers) would waste most of a 2 MiB page.
+        let mut map = if len >= crate::pages::HUGE_PAGE / 4 {
+            crate::pages::alloc(len, "verbs memory region")?.0
+        } else {
+            MmapMut::map_anon(len.max(1)).map_err(|e| Error::io("verbs: allocating memory", e))?
+        };
         let addr = map.as_mut_ptr();
         // SAFETY: addr..addr+len is our own mapping, which lives as long as this Mr.
         let mut this = unsafe { Self::register(pd, addr, len, access)? };
@@ -46,8 +50,7 @@ impl Mr {
         len: usize,
         access: ibv_access_flags,
     ) -> Result<Self, Error> {
-        let mut map =
-            MmapMut::map_anon(len.max(1)).map_err(|e| Error::io("verbs: allocating memory", e))?;
+        let (mut map, _pages) = crate::pages::alloc(len, "a verbs ring")?;
         let addr = map.as_mut_ptr();
         // SAFETY: pd is alive (Arc); addr..addr+len is our own mapping, which the returned Mr
         // keeps (`map`) for as long as the registration lives.
