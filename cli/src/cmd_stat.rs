@@ -54,19 +54,7 @@ pub struct Proc {
 }
 
 fn percentile(h: &[u64; BUCKETS], q: f64) -> Option<u64> {
-    let total: u64 = h.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let want = (total as f64 * q).ceil() as u64;
-    let mut seen = 0;
-    for (i, &n) in h.iter().enumerate() {
-        seen += n;
-        if seen >= want {
-            return Some(1u64 << (i + 1).min(63));
-        }
-    }
-    None
+    stats_file::histogram::quantile(h, q)
 }
 
 fn command(pid: u32) -> String {
