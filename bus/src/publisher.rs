@@ -264,6 +264,7 @@ impl Link {
     #[cold]
     fn fail(&self, why: String) {
         self.counters.entry().add(L::ERRORS, 1);
+        self.counters.error("cut loose", &why);
         tracing::warn!(id = self.id, name = ?self.name, "cutting subscriber loose: {why}");
         self.close(GoodbyeReason::Error, why);
     }

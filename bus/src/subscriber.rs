@@ -718,6 +718,7 @@ impl<T: Message> Subscriber<T> {
                 Ok(v) => v,
                 Err(e) => {
                     self.counters.entry().add(S::CORRUPT, 1);
+                    self.counters.error("refused a corrupt message", &e);
                     return Err(Error::Corrupt {
                         seq: Some(header.seq),
                         reason: e.to_string(),
@@ -840,6 +841,7 @@ impl<T: Message> Subscriber<T> {
                 Ok(Some(Step::Session(Box::new(change))))
             }
             Err(e) if !worth_retrying(&e) => {
+                self.counters.error("reconnect refused", &e);
                 // Waiting cannot heal it: reconnecting stops here, and later polls report
                 // the end instead of trying again at every call.
                 self.rejoin = None;
@@ -848,6 +850,7 @@ impl<T: Message> Subscriber<T> {
             }
             Err(e) => {
                 tracing::debug!(topic = %r.topic, "reconnect attempt {attempt} failed: {e}");
+                self.counters.error("reconnect failed", &e);
                 r.failed(now);
                 Ok(None)
             }
@@ -898,6 +901,7 @@ impl<T: Message> Subscriber<T> {
     fn corrupt(&mut self, seq: Option<u64>, reason: String) -> Error {
         self.release_pending = true;
         self.counters.entry().add(S::CORRUPT, 1);
+        self.counters.error("refused a corrupt message", &reason);
         Error::Corrupt { seq, reason }
     }
 

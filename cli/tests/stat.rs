@@ -14,6 +14,8 @@ fn stat_once() -> Value {
             "stat",
             "--once",
             "--json",
+            "--interval",
+            "50",
             "--pid",
             &std::process::id().to_string(),
         ])
@@ -27,15 +29,15 @@ fn stat_once() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn counter(procs: &Value, kind: &str, name: &str, i: usize) -> u64 {
+fn counter(procs: &Value, kind: &str, name: &str, value: &str) -> u64 {
     procs[0]["rows"]
         .as_array()
         .unwrap()
         .iter()
         .find(|r| r["kind"] == kind && r["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in {procs}"))["counters"][i]
+        .unwrap_or_else(|| panic!("no {kind} {name} in {procs}"))["values"][value]
         .as_u64()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {value} in {procs}"))
 }
 
 #[test]
@@ -55,18 +57,51 @@ fn another_process_reads_the_live_counters() {
         // The counters move between two reads by another process.
         let procs = stat_once();
         assert_eq!(procs[0]["pid"], std::process::id());
-        assert_eq!(counter(&procs, "topic", "stat.q", 0), 100 * round);
-        assert_eq!(counter(&procs, "link", "stat.q/watcher", 0), 100 * round);
+        assert_eq!(
+            counter(&procs, "topic", "stat.q", "published_messages_total"),
+            100 * round
+        );
+        assert_eq!(
+            counter(&procs, "link", "stat.q/watcher", "sent_messages_total"),
+            100 * round
+        );
         // The last message's slot is released on the next poll, and counted on delivery.
         assert_eq!(
-            counter(&procs, "subscription", "stat.q/watcher", 0),
+            counter(
+                &procs,
+                "subscription",
+                "stat.q/watcher",
+                "received_messages_total"
+            ),
             100 * round
         );
     }
     // Connected subscriptions and links say so; a subscription whose publisher left says not.
     let procs = stat_once();
-    assert_eq!(counter(&procs, "subscription", "stat.q/watcher", 4), 1);
-    assert_eq!(counter(&procs, "link", "stat.q/watcher", 4), 1);
+    // One message in eight was timed: 25 of the 200, under a second each.
+    let row = procs[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "subscription")
+        .unwrap();
+    assert_eq!(row["latency"]["samples"], 25, "{row}");
+    let p50 = row["latency"]["p50_ns"].as_u64().unwrap();
+    assert!(
+        p50 > 0 && p50 <= row["latency"]["max_ns"].as_u64().unwrap(),
+        "{row}"
+    );
+    assert!(
+        row["latency"]["sum_seconds"].as_f64().unwrap() < 25.0,
+        "{row}"
+    );
+    assert_eq!(row["subscriber"], "watcher");
+    assert_eq!(row["topic"], "stat.q");
+    assert_eq!(
+        counter(&procs, "subscription", "stat.q/watcher", "connected"),
+        1
+    );
+    assert_eq!(counter(&procs, "link", "stat.q/watcher", "connected"), 1);
     drop(p);
     let end = loop {
         match s.recv_timeout(Duration::from_secs(5)) {
@@ -77,7 +112,7 @@ fn another_process_reads_the_live_counters() {
     };
     assert!(matches!(end, rdmabus::Error::Closed { .. }), "{end}");
     assert_eq!(
-        counter(&stat_once(), "subscription", "stat.q/watcher", 4),
+        counter(&stat_once(), "subscription", "stat.q/watcher", "connected"),
         0
     );
 }

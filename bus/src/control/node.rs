@@ -100,6 +100,7 @@ pub(crate) struct NodeShared {
 impl NodeShared {
     /// Logs a refusal or a dropped connection, rate-limited.
     pub fn log_refusal(&self, peer: SocketAddr, what: &str) {
+        crate::stats_file::note_error(format_args!("{what} (peer {})", peer.ip()));
         if let Some(suppressed) = self.refusal_log.allow() {
             if suppressed > 0 {
                 tracing::warn!(%peer, suppressed, "{what} (and {suppressed} similar lines suppressed)");

@@ -212,6 +212,7 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
                         }
                         Ok(Some(_)) => continue,
                         Ok(None) | Err(_) => {
+                            crate::stats_file::note_error(format_args!("{name}: heartbeat: {e}"));
                             state.peer_lost(format!("sending heartbeat: {e}"));
                             break;
                         }
@@ -233,6 +234,7 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
                     other.kind()
                 );
                 tracing::warn!(link = ?name, "{why}");
+                crate::stats_file::note_error(format_args!("{name}: {why}"));
                 if state.peer_lost(why.clone()) {
                     let _ = stream.send(&ControlMsg::Goodbye(Goodbye {
                         reason: GoodbyeReason::Error,
@@ -245,6 +247,7 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
                 if last_rx.elapsed() > dead_after {
                     let why = format!("no heartbeat for {} ms", last_rx.elapsed().as_millis());
                     tracing::warn!(link = ?name, "{why}");
+                    crate::stats_file::note_error(format_args!("{name}: {why}"));
                     state.peer_lost(why);
                 }
             }
@@ -255,6 +258,7 @@ fn run_inner(stream: &mut Channel, state: &LinkState, heartbeat: Duration, name:
                     e.to_string()
                 };
                 tracing::info!(link = ?name, "{}", why.escape_debug());
+                crate::stats_file::note_error(format_args!("{name}: {why}"));
                 state.peer_lost(why);
             }
         }

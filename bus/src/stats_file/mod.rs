@@ -3,28 +3,40 @@
 //! into it, one writer per counter).
 //!
 //! `<shm dir>/rdmabus-stats-<pid>-<random hex>` (created O_EXCL|O_NOFOLLOW, mode 0600, fully
-//! allocated): a 64-byte header (magic, pid, version, start time, PID namespace, start ticks),
-//! then `CAPACITY` fixed 640-byte entries.
+//! allocated): a 64-byte header (magic, pid, version, start time, PID namespace, start ticks,
+//! errors noted), then `CAPACITY` fixed [`ENTRY_LEN`]-byte entries, then the ring of recent
+//! errors ([`errors`]). The header's first 40 bytes are laid out alike in every version, so
+//! that a reader can tell a file of another version (and whether its process is gone).
 //! An entry is one topic (publisher side), one subscriber link (publisher side) or one
-//! subscription (subscriber side). The file is mapped once and never unmapped while the
-//! process lives, so entries can be handed out as `&'static`; it is removed at exit when
-//! possible, and `rdmabus stat` removes files whose process (in its own PID namespace) is gone.
+//! subscription (subscriber side): a kind, an id, a name, [`COUNTERS`] counters (named in
+//! [`names`]) and, for a subscription, a log-linear latency histogram ([`histogram`]). The
+//! file is mapped once and never unmapped while the process lives, so entries can be handed
+//! out as `&'static`; it is removed at exit when possible, and `rdmabus stat` removes files
+//! whose process (in its own PID namespace) is gone.
+
+pub mod errors;
+pub mod histogram;
+pub mod names;
+
+pub use errors::ErrorRecord;
+use errors::{ErrorSlot, ERROR_LEN, ERROR_SLOTS};
+pub use histogram::BUCKETS;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"RDMBSTAT";
-/// Layout version.
-pub const VERSION: u32 = 2;
+/// Layout version (2: 64 log2 buckets, no error ring; 3: log-linear histogram, error ring).
+pub const VERSION: u32 = 3;
 /// Entries per file.
 pub const CAPACITY: usize = 256;
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 64;
-/// Bytes of one entry.
-pub const ENTRY_LEN: usize = 640;
-/// Latency histogram buckets: bucket `i` counts latencies in `[2^i, 2^(i+1))` ns.
-pub const BUCKETS: usize = 64;
+/// Bytes of one entry (a multiple of 64: entries start on cache lines).
+pub const ENTRY_LEN: usize = 192 + 8 * BUCKETS;
+/// Where the error ring starts.
+pub const ERRORS_OFFSET: usize = HEADER_LEN + CAPACITY * ENTRY_LEN;
 /// Counters per entry.
 pub const COUNTERS: usize = 8;
 /// Bytes of an entry's name.
@@ -101,10 +113,14 @@ pub struct Entry {
     name: [AtomicU64; NAME_LEN / 8],
     _pad: u64,
     counters: [AtomicU64; COUNTERS],
+    /// Sum of the latencies recorded, ns.
+    latency_sum: AtomicU64,
+    _pad2: [u64; 7],
     histogram: [AtomicU64; BUCKETS],
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() == ENTRY_LEN);
+const _: () = assert!(std::mem::size_of::<Entry>() == ENTRY_LEN && ENTRY_LEN.is_multiple_of(64));
+const _: () = assert!(std::mem::size_of::<ErrorSlot>() == ERROR_LEN);
 
 impl Entry {
     /// Adds `by` to counter `i` (single writer: a relaxed load and store, no locked op).
@@ -129,17 +145,45 @@ impl Entry {
         self.counters[i].load(Ordering::Relaxed)
     }
 
-    /// Records a latency in nanoseconds into the log2 histogram.
+    /// Records a latency in nanoseconds into the log-linear histogram (single writer: relaxed
+    /// loads and stores, no locked op, nothing allocated).
     #[inline]
     pub fn record_latency(&self, ns: u64) {
-        let b = (63 - ns.max(1).leading_zeros()) as usize;
-        let c = &self.histogram[b];
+        let c = &self.histogram[histogram::bucket_of(ns)];
         c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        let s = &self.latency_sum;
+        s.store(
+            s.load(Ordering::Relaxed).wrapping_add(ns),
+            Ordering::Relaxed,
+        );
     }
 
-    /// The histogram's buckets.
+    /// The histogram's buckets (see [`histogram::bounds`]).
     pub fn histogram(&self) -> [u64; BUCKETS] {
         std::array::from_fn(|i| self.histogram[i].load(Ordering::Relaxed))
+    }
+
+    /// The sum of the latencies recorded, ns (read apart from the buckets: it may be a few
+    /// records ahead of or behind them).
+    pub fn latency_sum_ns(&self) -> u64 {
+        self.latency_sum.load(Ordering::Relaxed)
+    }
+
+    /// Notes an error about this entry in the process's error ring: the entry's name, ": ",
+    /// then `args` (see [`note_error`]). For error paths; allocates nothing.
+    #[cold]
+    pub fn note_error(&self, args: std::fmt::Arguments<'_>) {
+        let mut b = [0u8; NAME_LEN];
+        for (i, w) in self.name.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let end = b.iter().position(|&c| c == 0).unwrap_or(NAME_LEN);
+        let name = match std::str::from_utf8(&b[..end]) {
+            Ok(n) => n,
+            // Cut inside a character when it was claimed: up to the cut.
+            Err(e) => std::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        note_error(format_args!("{name}: {args}"));
     }
 
     /// The entry's kind.
@@ -174,6 +218,7 @@ impl Entry {
         for c in &self.histogram {
             c.store(0, Ordering::Relaxed);
         }
+        self.latency_sum.store(0, Ordering::Relaxed);
         let mut b = [0u8; NAME_LEN];
         let n = name.len().min(NAME_LEN - 1);
         b[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -206,6 +251,8 @@ mod header {
     pub const PID_NS: usize = 24;
     /// `u64`, field 22 of `/proc/self/stat` (clock ticks after boot).
     pub const START_TICKS: usize = 32;
+    /// `u64` (version 3 on), errors noted since the process started (see [`super::note_error`]).
+    pub const ERRORS_NOTED: usize = 40;
 }
 
 /// The inode of this process's PID namespace (`/proc/self/ns/pid`), 0 when unknown.
@@ -255,9 +302,43 @@ fn process(pid: u32) -> Process {
     }
 }
 
+/// Why a file named like a stats file was not read.
+enum Refused {
+    /// Created, not stamped yet: skipped without a word.
+    Incomplete,
+    /// A stats file of another layout version (its header's first 40 bytes are laid out alike
+    /// from version 2 on: these fields mean what they say).
+    Version {
+        version: u32,
+        pid: u32,
+        pid_ns: u64,
+        start_ticks: u64,
+    },
+    /// Anything else.
+    Other(crate::Error),
+}
+
+fn version_message(path: &std::path::Path, version: u32) -> String {
+    format!(
+        "{}: a stats file of layout version {version}, this rdmabus reads version {VERSION} \
+         (its process runs another rdmabus version), not read",
+        path.display()
+    )
+}
+
+/// Whether the process that wrote a stats file (of our PID namespace, per its header) lives.
+fn writer_lives(pid: u32, start_ticks: u64) -> bool {
+    match process(pid) {
+        Process::Gone => false,
+        // Ticks unknown when the file was made: only a gone pid tells.
+        Process::Alive(Some(t)) => start_ticks == 0 || t == start_ticks,
+        Process::Alive(None) => true,
+    }
+}
+
 impl StatsFile {
     /// Bytes of a stats file.
-    pub const LEN: usize = HEADER_LEN + CAPACITY * ENTRY_LEN;
+    pub const LEN: usize = ERRORS_OFFSET + ERROR_SLOTS * ERROR_LEN;
 
     fn entry_ptr(&self, i: usize) -> *const Entry {
         assert!(i < CAPACITY);
@@ -274,6 +355,29 @@ impl StatsFile {
         unsafe { &*self.entry_ptr(i) }
     }
 
+    fn error_slot(&self, i: usize) -> &ErrorSlot {
+        assert!(i < ERROR_SLOTS);
+        // SAFETY: i < ERROR_SLOTS, so the slot lies inside the mapping of LEN bytes, 64-aligned
+        // (ERRORS_OFFSET is a multiple of 64) in a page-aligned mapping; every field is an
+        // atomic, so the owning process's writes are fine; the file is ours and fully allocated
+        // (as for `entry`).
+        unsafe { &*(self.map.as_ptr().add(ERRORS_OFFSET + i * ERROR_LEN) as *const ErrorSlot) }
+    }
+
+    /// The errors in the file's ring, the most recently noted first.
+    pub fn errors(&self) -> Vec<ErrorRecord> {
+        let mut v: Vec<ErrorRecord> = (0..ERROR_SLOTS)
+            .filter_map(|i| self.error_slot(i).read())
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.last_ns));
+        v
+    }
+
+    /// Errors noted by the process since it started (the ring keeps the distinct recent ones).
+    pub fn errors_noted(&self) -> u64 {
+        self.header_u64(header::ERRORS_NOTED)
+    }
+
     fn header_u32(&self, offset: usize) -> u32 {
         // SAFETY: offset + 4 <= HEADER_LEN, 4-aligned, inside the mapping; only read
         // atomically here (loads of at most a word are fine on a read-only mapping).
@@ -284,6 +388,15 @@ impl StatsFile {
         // SAFETY: offset + 8 <= HEADER_LEN, 8-aligned, inside the mapping; only read
         // atomically here (loads of at most a word are fine on a read-only mapping).
         unsafe { (*(self.map.as_ptr().add(offset) as *const AtomicU64)).load(Ordering::Acquire) }
+    }
+
+    /// A header word of this process's own (writable) stats file.
+    fn header_atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset + 8 <= HEADER_LEN && offset.is_multiple_of(8));
+        // SAFETY: in the header (asserted), 8-aligned in a page-aligned mapping of LEN bytes
+        // that lives as long as `self`; only ever accessed atomically; called on the
+        // registry's file, mapped writable by `create_at`.
+        unsafe { &*(self.map.as_ptr().add(offset) as *const AtomicU64) }
     }
 
     /// Process id recorded in the header (in the PID namespace [`Self::pid_ns`]).
@@ -321,18 +434,37 @@ impl StatsFile {
     /// regular file, a file of another user (who could truncate it under our mapping), a file
     /// of another length, version or magic.
     pub fn open(path: &std::path::Path) -> Result<Self, crate::Error> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        let not_ours =
-            |why: String| crate::Error::Protocol(format!("{}: {why}, not read", path.display()));
+        Self::open_checked(path).map_err(|r| match r {
+            Refused::Incomplete => crate::Error::Protocol(format!(
+                "{}: not complete yet (being created), not read",
+                path.display()
+            )),
+            Refused::Version { version, .. } => {
+                crate::Error::Protocol(version_message(path, version))
+            }
+            Refused::Other(e) => e,
+        })
+    }
+
+    fn open_checked(path: &std::path::Path) -> Result<Self, Refused> {
+        use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+        let not_ours = |why: String| {
+            Refused::Other(crate::Error::Protocol(format!(
+                "{}: {why}, not read",
+                path.display()
+            )))
+        };
         let file = std::fs::OpenOptions::new()
             .read(true)
             // O_NONBLOCK: a FIFO planted here must not block the open.
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| crate::Error::io(format!("opening {}", path.display()), e))?;
+            .map_err(|e| {
+                Refused::Other(crate::Error::io(format!("opening {}", path.display()), e))
+            })?;
         let meta = file
             .metadata()
-            .map_err(|e| crate::Error::io(format!("stat {}", path.display()), e))?;
+            .map_err(|e| Refused::Other(crate::Error::io(format!("stat {}", path.display()), e)))?;
         if !meta.file_type().is_file() {
             return Err(not_ours("not a regular file".into()));
         }
@@ -344,13 +476,57 @@ impl StatsFile {
                 meta.uid()
             )));
         }
+        // The header, read (not mapped) first, says what the file is before its length counts.
+        let mut h = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match file.read_at(&mut h[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Refused::Other(crate::Error::io(
+                        format!("reading {}", path.display()),
+                        e,
+                    )))
+                }
+            }
+        }
+        let word = |o: usize, n: usize| {
+            h[o..o + n]
+                .iter()
+                .rev()
+                .fold(0u64, |a, &b| (a << 8) | u64::from(b))
+        };
+        if h[..8] == [0; 8] {
+            // Created, not yet stamped (the magic is written first).
+            return Err(Refused::Incomplete);
+        }
+        if &h[..8] != MAGIC {
+            return Err(not_ours("not an rdmabus stats file (magic)".into()));
+        }
+        let version = word(header::VERSION, 4) as u32;
+        if version != VERSION {
+            return Err(Refused::Version {
+                version,
+                pid: word(header::PID, 4) as u32,
+                pid_ns: word(header::PID_NS, 8),
+                start_ticks: word(header::START_TICKS, 8),
+            });
+        }
         if meta.len() != Self::LEN as u64 {
-            return Err(not_ours("not a stats file of this version (length)".into()));
+            return Err(not_ours(format!(
+                "a stats file of version {VERSION} {} bytes long instead of {}",
+                meta.len(),
+                Self::LEN
+            )));
         }
         let map = memmap2::MmapOptions::new()
             .len(Self::LEN)
             .map_raw_read_only(&file)
-            .map_err(|e| crate::Error::io(format!("mapping {}", path.display()), e))?;
+            .map_err(|e| {
+                Refused::Other(crate::Error::io(format!("mapping {}", path.display()), e))
+            })?;
         let f = Self {
             map,
             path: path.to_path_buf(),
@@ -433,6 +609,8 @@ impl StatsFile {
 struct Registry {
     file: StatsFile,
     free: Mutex<Vec<usize>>,
+    /// Serializes the writers of the error ring (error paths of any thread).
+    errors: Mutex<()>,
 }
 
 static REGISTRY: OnceLock<Option<Registry>> = OnceLock::new();
@@ -464,6 +642,7 @@ fn registry() -> Option<&'static Registry> {
             Some(Registry {
                 file,
                 free: Mutex::new((0..CAPACITY).rev().collect()),
+                errors: Mutex::new(()),
             })
         })
         .as_ref()
@@ -501,6 +680,13 @@ impl Counters {
     pub fn entry(&self) -> &'static Entry {
         self.entry
     }
+
+    /// Notes an error about this entry in the process's ring of recent errors: its name,
+    /// then `what: detail` (see [`note_error`]). For error paths; allocates nothing.
+    #[cold]
+    pub fn error(&self, what: &str, detail: &dyn std::fmt::Display) {
+        self.entry.note_error(format_args!("{what}: {detail}"));
+    }
 }
 
 impl Drop for Counters {
@@ -510,6 +696,23 @@ impl Drop for Counters {
             r.free.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
         }
     }
+}
+
+/// Notes an error in this process's ring of recent errors (`rdmabus stat --errors`): a link
+/// cut, a corrupt message refused, a handshake refused, a session lost. The same text again
+/// bumps its count. For error paths: it takes a lock of this process, allocates nothing
+/// (the text is formatted into a stack buffer, cut at [`errors::TEXT_LEN`] bytes).
+#[cold]
+pub fn note_error(args: std::fmt::Arguments<'_>) {
+    let Some(r) = registry() else {
+        return;
+    };
+    let text = errors::Text::new(args);
+    let _writer = r.errors.lock().unwrap_or_else(|p| p.into_inner());
+    let slots: [&ErrorSlot; ERROR_SLOTS] = std::array::from_fn(|i| r.file.error_slot(i));
+    errors::note(&slots, text.bytes(), crate::clock::now_ns());
+    let noted = r.file.header_atomic_u64(header::ERRORS_NOTED);
+    noted.store(noted.load(Ordering::Relaxed) + 1, Ordering::Release);
 }
 
 /// Removes this process's stats file (call at orderly exit; the CLI does).
@@ -548,40 +751,89 @@ pub fn list() -> Vec<StatsFile> {
 /// gone, or whose pid now names a process started at another time, is removed.
 #[doc(hidden)]
 pub fn list_in(dir: &std::path::Path) -> Vec<StatsFile> {
+    scan_in(dir).files
+}
+
+/// What [`scan_in`] found.
+pub struct Scan {
+    /// The stats files read (as [`list_in`] returns them).
+    pub files: Vec<StatsFile>,
+    /// Files named like stats files that were not read, and why (another layout version,
+    /// another user's, not a stats file...). Files being created are left out.
+    pub skipped: Vec<(std::path::PathBuf, String)>,
+}
+
+/// Stats files of running processes in the shared-memory directory, and those skipped.
+pub fn scan() -> Scan {
+    scan_in(std::path::Path::new(&crate::shm::shm_dir()))
+}
+
+/// [`list_in`], also saying which files were skipped and why. A file of another layout
+/// version whose process (of our PID namespace) is gone is removed, as one of this version.
+#[doc(hidden)]
+pub fn scan_in(dir: &std::path::Path) -> Scan {
+    let mut scan = Scan {
+        files: Vec::new(),
+        skipped: Vec::new(),
+    };
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return scan;
     };
     let ours = own_pid_ns();
-    let mut out: Vec<StatsFile> = rd
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("rdmabus-stats-")
-        })
-        .filter_map(|e| StatsFile::open(&e.path()).ok())
-        .filter(|f| {
-            if ours == 0 || f.pid_ns() != ours {
-                return true; // another PID namespace: its pid means nothing here
+    for e in rd.flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("rdmabus-stats-")
+        {
+            continue;
+        }
+        let path = e.path();
+        let f = match StatsFile::open_checked(&path) {
+            Ok(f) => f,
+            Err(Refused::Incomplete) => continue,
+            Err(Refused::Version {
+                version,
+                pid,
+                pid_ns,
+                start_ticks,
+            }) => {
+                let ours_and_gone = version >= 2
+                    && ours != 0
+                    && pid_ns == ours
+                    && pid != 0
+                    && !writer_lives(pid, start_ticks);
+                if ours_and_gone {
+                    let _ = std::fs::remove_file(&path);
+                } else {
+                    scan.skipped
+                        .push((path.clone(), version_message(&path, version)));
+                }
+                continue;
             }
-            if f.pid() == 0 {
-                return true; // still being written (the pid is stored last)
+            Err(Refused::Other(e)) => {
+                scan.skipped.push((path, e.to_string()));
+                continue;
             }
-            let live = match process(f.pid()) {
-                Process::Gone => false,
-                // Ticks unknown when the file was made: only a gone pid tells.
-                Process::Alive(Some(t)) => f.start_ticks() == 0 || t == f.start_ticks(),
-                Process::Alive(None) => true,
-            };
+        };
+        // Another PID namespace (its pid means nothing here), or still being written (the
+        // pid is stored last): kept.
+        let keep = if ours == 0 || f.pid_ns() != ours || f.pid() == 0 {
+            true
+        } else {
+            let live = writer_lives(f.pid(), f.start_ticks());
             if !live {
                 // A process killed outright cannot remove its file: remove it for it.
                 let _ = std::fs::remove_file(f.path());
             }
             live
-        })
-        .collect();
-    out.sort_by_key(|f| (!f.in_our_pid_ns(), f.pid()));
-    out
+        };
+        if keep {
+            scan.files.push(f);
+        }
+    }
+    scan.files.sort_by_key(|f| (!f.in_our_pid_ns(), f.pid()));
+    scan
 }
 
 #[cfg(test)]
