@@ -357,7 +357,8 @@ fn wait_for_links(pid: u32, n: usize, shm_dir: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
-            .args(["stat", "--once", "--json", "--pid", &pid.to_string()])
+            .args(["stat", "--once", "--json", "--interval", "50"])
+            .args(["--pid", &pid.to_string()])
             .env("RDMABUS_SHM_DIR", shm_dir)
             .output()
             .unwrap();
@@ -366,7 +367,7 @@ fn wait_for_links(pid: u32, n: usize, shm_dir: &str) {
             .and_then(|v| {
                 v[0]["rows"].as_array().map(|rows| {
                     rows.iter()
-                        .filter(|r| r["kind"] == "link" && r["counters"][4] == 1)
+                        .filter(|r| r["kind"] == "link" && r["values"]["connected"] == 1)
                         .count()
                 })
             })

@@ -31,18 +31,22 @@ fn publisher_at(addr: &str, args: &[&str]) -> (Proc, SocketAddr) {
     (Proc(Some(child)), addr)
 }
 
-/// The subscription counters of process `pid` (from `rdmabus stat`), if it has one yet.
-fn sub_counters(pid: u32) -> Option<Vec<u64>> {
+/// The subscription counters of process `pid` (from `rdmabus stat`, by name: messages
+/// received and reconnects), if it has one yet.
+fn sub_counters(pid: u32) -> Option<[u64; 2]> {
     let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
-        .args(["stat", "--once", "--json", "--pid", &pid.to_string()])
+        .args(["stat", "--once", "--json", "--interval", "50"])
+        .args(["--pid", &pid.to_string()])
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     let rows = v[0]["rows"].as_array()?;
     let row = rows.iter().find(|r| r["kind"] == "subscription")?;
-    row["counters"]
-        .as_array()
-        .map(|c| c.iter().map(|x| x.as_u64().unwrap_or(0)).collect())
+    let v = &row["values"];
+    Some([
+        v["received_messages_total"].as_u64()?,
+        v["reconnects_total"].as_u64()?,
+    ])
 }
 
 /// Waits (60 s at most) until the subscriber has received `received` messages in all and
@@ -51,7 +55,7 @@ fn wait_for(sub: &Proc, received: u64, reconnects: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(c) = sub_counters(sub.pid()) {
-            if c[0] >= received && c[7] >= reconnects {
+            if c[0] >= received && c[1] >= reconnects {
                 return;
             }
         }
