@@ -34,7 +34,7 @@ Exit status:
      transport or protocol version (retrying will not help)
   5  cut by the publisher as a slow consumer (its policy is disconnect)
   6  publisher busy: no room for another subscriber or handshake now (retry later)
-  7  doctor: a check failed";
+doctor exits 0 when no check failed (warnings allowed), 1 when one did, 2 on bad usage";
 
 /// How the process ends: the exit statuses of [`EXIT_HELP`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub enum Exit {
     SlowConsumer,
     /// 6: the publisher has no room now.
     Busy,
-    /// 7: a `doctor` check failed.
+    /// 1: a `doctor` check failed.
     DoctorFailed,
 }
 
@@ -68,7 +68,7 @@ impl Exit {
             Self::Refused => 4,
             Self::SlowConsumer => 5,
             Self::Busy => 6,
-            Self::DoctorFailed => 7,
+            Self::DoctorFailed => 1,
         }
     }
 
