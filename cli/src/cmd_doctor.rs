@@ -13,8 +13,7 @@ use std::io::Write;
 /// Arguments of `rdmabus doctor`.
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
-    /// The transport to check the machine for: shm (RDMA devices do not matter), verbs (a
-    /// usable RDMA device is required), auto (verbs where an RDMA device exists).
+    /// The transport to check the machine for.
     #[arg(long, value_enum, default_value = "auto")]
     transport: Want,
     /// One JSON document on stdout instead of text: {"version":1,"transport","checks":[{"id",

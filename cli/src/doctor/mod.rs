@@ -115,17 +115,20 @@ pub fn run_checks(want: Want, device: Option<&str>) -> Report {
             .unwrap_or_default(),
         cmdline: sys::cmdline(),
     };
-    if ports::check(&ctx, &mut r, device.is_some()) {
+    let rdma = ports::check(&ctx, &mut r, device.is_some());
+    if rdma {
         roce::check(&ctx, &mut r);
         access::check(&ctx, &mut r);
-        irq::affinity(&ctx, &mut r);
-        numa::check(&ctx, &mut r);
     }
     memory::memlock(&ctx, &mut r);
     memory::hugepages(&mut r);
     memory::thp(&mut r);
     iommu::check(&ctx, &mut r);
     irq::irqbalance(&mut r);
+    if rdma {
+        irq::affinity(&ctx, &mut r);
+        numa::check(&ctx, &mut r);
+    }
     cpu::governor(&mut r);
     cpu::cstates(&ctx, &mut r);
     isolation::check(&ctx, &mut r);
