@@ -36,7 +36,7 @@ Exit status:
      transport or protocol version (retrying will not help)
   5  cut by the publisher as a slow consumer (its policy is disconnect)
   6  publisher busy: no room for another subscriber or handshake now (retry later)
-  7  doctor: a check failed";
+doctor exits 0 when no check failed (warnings allowed), 1 when one did, 2 on bad usage";
 
 /// How the process ends: the exit statuses of [`EXIT_HELP`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub enum Exit {
     SlowConsumer,
     /// 6: the publisher has no room now.
     Busy,
-    /// 7: a `doctor` check failed.
+    /// 1: a `doctor` check failed.
     DoctorFailed,
 }
 
@@ -70,7 +70,7 @@ impl Exit {
             Self::Refused => 4,
             Self::SlowConsumer => 5,
             Self::Busy => 6,
-            Self::DoctorFailed => 7,
+            Self::DoctorFailed => 1,
         }
     }
 
@@ -344,8 +344,9 @@ enum Command {
     /// Show the live counters of every running rdmabus process, refreshing, like top.
     #[command(after_help = EXIT_HELP)]
     Stat(cmd_stat::StatArgs),
-    /// Check this machine: RDMA devices, ports, GIDs, MTU, memlock, hugepages, CPU governor,
-    /// isolated CPUs, thread pinning; each with a verdict and a hint.
+    /// Check this machine for a transport: every RDMA port, GIDs, MTU, RoCE ECN/PFC/DSCP
+    /// trust, IOMMU, IRQ affinity, NUMA, C-states, isolated CPUs, memlock, hugepages, clock
+    /// sync, /dev/shm; each with a verdict and a hint (--json for tools).
     #[command(after_help = EXIT_HELP)]
     Doctor(cmd_doctor::DoctorArgs),
     /// Write a new random pre-shared key to a new file (mode 0600, never overwrites).

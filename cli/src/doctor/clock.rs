@@ -1,0 +1,83 @@
+//! Clock sync: one-way latencies between machines are publisher stamps read on another clock.
+
+use super::report::{Report, Verdict};
+use super::sys::processes;
+
+/// The time daemons looked for (`comm` is at most 15 characters).
+const DAEMONS: [&str; 7] = [
+    "chronyd",
+    "ntpd",
+    "ptp4l",
+    "phc2sys",
+    "timemaster",
+    "systemd-timesyn",
+    "openntpd",
+];
+
+/// The kernel's sync state (adjtimex) and the time daemons running.
+pub fn check(r: &mut Report) {
+    let what = "clock sync";
+    let running: Vec<&str> = {
+        let p = processes();
+        DAEMONS
+            .into_iter()
+            .filter(|d| p.iter().any(|n| n == d))
+            .collect()
+    };
+    let by = if running.is_empty() {
+        "no time daemon seen".to_string()
+    } else {
+        format!("running: {}", running.join(", "))
+    };
+    // SAFETY: timex is plain data, valid all zero; modes 0 only reads the kernel's state.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: tx is a writable timex.
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return r.add(
+            "clock.sync",
+            Verdict::Info,
+            what,
+            &format!(
+                "unknown, adjtimex failed ({}); {by}",
+                std::io::Error::last_os_error()
+            ),
+            None,
+        );
+    }
+    let unsync = tx.status & libc::STA_UNSYNC != 0 || state == libc::TIME_ERROR;
+    let hint = "cross-machine latencies need synced clocks: chrony for tens of µs, ptp4l + phc2sys (PTP on the NIC) for sub-µs";
+    if !unsync {
+        let v = if tx.maxerror > 100_000 {
+            Verdict::Warn
+        } else {
+            Verdict::Ok
+        };
+        r.add(
+            "clock.sync",
+            v,
+            what,
+            &format!(
+                "synchronized, max error {} µs, estimated error {} µs; {by}",
+                tx.maxerror, tx.esterror
+            ),
+            (v == Verdict::Warn).then_some(hint),
+        );
+    } else if !running.is_empty() {
+        r.add(
+            "clock.sync",
+            Verdict::Info,
+            what,
+            &format!("the kernel says not synchronized (yet?); {by}"),
+            Some("`chronyc tracking` / `pmc -u -b 0 'GET TIME_STATUS_NP'` tell why"),
+        );
+    } else {
+        r.add(
+            "clock.sync",
+            Verdict::Warn,
+            what,
+            &format!("not synchronized; {by}"),
+            Some(hint),
+        );
+    }
+}

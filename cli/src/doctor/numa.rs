@@ -1,0 +1,73 @@
+//! The NIC's NUMA node against the CPUs this process may run on.
+
+use super::report::{Report, Verdict};
+use super::sys::{cpu_list, cpu_ranges, names, read};
+use super::Ctx;
+
+/// One check per device.
+pub fn check(ctx: &Ctx, r: &mut Report) {
+    let nodes = names("/sys/devices/system/node")
+        .into_iter()
+        .filter(|n| n.starts_with("node"))
+        .count();
+    for d in &ctx.devices {
+        let id = format!("numa.{}", d.name);
+        let what = format!("{} NUMA node", d.name);
+        let Some(node) = read(d.dir().join("device/numa_node")).and_then(|s| s.parse::<i64>().ok())
+        else {
+            r.add(
+                &id,
+                Verdict::Info,
+                &what,
+                "unknown, no device/numa_node (a virtual device such as Soft-RoCE)",
+                None,
+            );
+            continue;
+        };
+        if node < 0 {
+            let why = if nodes <= 1 {
+                "none given; this machine has one NUMA node"
+            } else {
+                "none given by the firmware"
+            };
+            r.add(&id, Verdict::Info, &what, why, None);
+            continue;
+        }
+        let Some(local) =
+            read(format!("/sys/devices/system/node/node{node}/cpulist")).and_then(|s| cpu_list(&s))
+        else {
+            r.add(
+                &id,
+                Verdict::Info,
+                &what,
+                &format!("node {node}, its CPUs unknown (cannot read node{node}/cpulist)"),
+                None,
+            );
+            continue;
+        };
+        let near: Vec<usize> = ctx
+            .allowed
+            .iter()
+            .copied()
+            .filter(|c| local.contains(c))
+            .collect();
+        let detail = format!(
+            "node {node} (CPUs {}); this process may run on {}",
+            cpu_ranges(&local),
+            cpu_ranges(&ctx.allowed)
+        );
+        if near.len() == ctx.allowed.len() {
+            r.add(&id, Verdict::Ok, &what, &detail, None);
+        } else if near.is_empty() {
+            r.add(&id, ctx.rdma(Verdict::Warn), &what, &format!("{detail}: none of them on the NIC's node"), Some("run the pollers on the NIC's node (`numactl -N NODE`, taskset, `--cpu`): every access to the ring otherwise crosses the interconnect"));
+        } else {
+            r.add(
+                &id,
+                Verdict::Info,
+                &what,
+                &format!("{detail}: {} are on the NIC's node", cpu_ranges(&near)),
+                Some("pin the pollers to the NIC's node (`--cpu` one of those)"),
+            );
+        }
+    }
+}
