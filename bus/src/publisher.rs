@@ -546,19 +546,27 @@ impl<T> Publisher<T> {
         }
     }
 
-    /// Closes the topic in order: every subscriber is told goodbye (after the messages already
-    /// in its ring), waiting up to `timeout` for the goodbyes to go out.
+    /// Closes the topic in order: subscribers behind are fed from the history first, then
+    /// every subscriber is told goodbye (after the messages already in its ring); all of it
+    /// within `timeout` (what a subscriber behind has not got by then is announced as
+    /// dropped in its goodbye).
     pub fn close(mut self, timeout: Duration) -> PublisherStats {
-        self.close_topic();
         let deadline = Instant::now() + timeout;
+        self.close_topic_by(deadline);
         while Instant::now() < deadline && !self.links.iter().all(|l| l.state.is_finished()) {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.stats()
     }
 
-    /// Says goodbye to every subscriber, and refuses any handshake still finishing.
+    /// Says goodbye to every subscriber, and refuses any handshake still finishing; at most
+    /// [`CLOSE_FLUSH`] for subscribers behind to catch up.
     fn close_topic(&mut self) {
+        self.close_topic_by(Instant::now() + CLOSE_FLUSH);
+    }
+
+    /// Like [`close_topic`](Self::close_topic), feeding subscribers behind until `deadline`.
+    fn close_topic_by(&mut self, deadline: Instant) {
         self.adopt_pending();
         {
             // Under the pending lock, so a handshake finishing now sees the topic closed.
@@ -566,7 +574,7 @@ impl<T> Publisher<T> {
             self.topic.closed.store(true, Ordering::Release);
         }
         self.adopt_pending();
-        self.drain_behind(Instant::now() + CLOSE_FLUSH);
+        self.drain_behind(deadline);
         // Writes still in flight land before the goodbye that names the stream's end
         // (bounded: a link that cannot flush in time is closed anyway).
         let deadline = Instant::now() + CLOSE_FLUSH;

@@ -206,7 +206,9 @@ pub fn run(a: DemoArgs) -> Result<(), Error> {
             crate::signals::name(sig)
         );
     }
-    let pub_stats = [quotes.close(), trades.close()];
+    // The demo's subscribers keep up (Block); 2 s is plenty for any last catch-up.
+    let t = Duration::from_secs(2);
+    let pub_stats = [quotes.close(t), trades.close(t)];
 
     let mut reports = Vec::new();
     let waited = Instant::now();

@@ -41,6 +41,10 @@ pub struct PubArgs {
     /// milliseconds, before it is cut as a slow consumer (0: as long as it stays connected).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub block_timeout_ms: u64,
+    /// At the end (SIGTERM, --count, --seconds), how long subscribers that are behind get to
+    /// catch up from the history before each topic says goodbye, in seconds.
+    #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = crate::parse::seconds)]
+    pub close_timeout: std::time::Duration,
     /// Keep the last N messages of each topic for late joiners and for Drop subscribers that
     /// fall behind (sub --history asks for them); 0 keeps none.
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = crate::parse::history_depth)]
@@ -186,7 +190,7 @@ pub fn run(args: PubArgs) -> Result<(), Error> {
         .into_iter()
         .map(|p| {
             let topic = p.topic().to_string();
-            PubTopic::from_stats(&topic, &p.close())
+            PubTopic::from_stats(&topic, &p.close(args.close_timeout))
         })
         .collect();
     if args.json {

@@ -176,9 +176,8 @@ impl AnyPublisher {
         }
     }
 
-    /// Says goodbye to every subscriber.
-    pub fn close(self) -> rdmabus::PublisherStats {
-        let t = std::time::Duration::from_secs(2);
+    /// Says goodbye to every subscriber, after feeding those behind for up to `t`.
+    pub fn close(self, t: std::time::Duration) -> rdmabus::PublisherStats {
         match self {
             Self::Quotes(p) => p.close(t),
             Self::Trades(p) => p.close(t),
