@@ -62,7 +62,9 @@ pub struct Row {
     pub rates: Option<BTreeMap<&'static str, f64>>,
     /// Latency, for a subscription.
     pub latency: Option<Latency>,
-    /// The same values by index, in the file's order (kept for older readers: use `values`).
+    /// The same values by index, in the file's order (for this program; `--json` has
+    /// `values`, by name).
+    #[serde(skip)]
     pub counters: Vec<u64>,
     /// The entry's kind.
     #[serde(skip)]
