@@ -113,7 +113,7 @@ pub fn hugepages(r: &mut Report) {
         "memory.hugepages",
         Verdict::Info,
         what,
-        &format!("{total} configured, {free} free, {size} kB each{two_mib} (rdmabus rings use 4 KiB pages today)"),
+        &format!("{total} configured, {free} free, {size} kB each{two_mib} (the staging and verbs rings go on 2 MiB pages while free ones exist; RDMABUS_HUGEPAGES)"),
         (total == 0).then_some("`echo 512 > /proc/sys/vm/nr_hugepages` reserves 1 GiB of 2 MiB pages, fewer TLB misses for large rings"),
     );
 }
