@@ -90,7 +90,7 @@ pub trait RemoteRing: Send {
     fn established(&mut self) {}
 }
 
-/// The subscriber's end: its ring, its completion queue and its credit writer.
+/// The subscriber's end: its ring, how it learns of completions, and its credit writer.
 pub trait LocalRing: Send {
     /// The next completion's immediate, if one arrived. Must not allocate.
     fn poll(&mut self) -> Result<Option<u32>, Error>;

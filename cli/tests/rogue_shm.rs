@@ -12,7 +12,7 @@ use rdmabus::proto::handshake::*;
 use rdmabus::proto::market::Quote;
 use rdmabus::proto::slot::{lap_flag, FLAGS_OFFSET, FLAG_LAP};
 use rdmabus::proto::RingGeometry;
-use rdmabus::shm::{fdpass, CompletionQueue, ShmRegion, CREDIT_FILE_LEN};
+use rdmabus::shm::{fdpass, ShmRegion, CREDIT_FILE_LEN};
 use rdmabus::{Error, Event, Node, NodeEvent, Publisher, Subscriber, Transport};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -205,10 +205,6 @@ impl Rogue {
         self.geometry.ring_bytes()
     }
 
-    fn cq_bytes(&self) -> usize {
-        CompletionQueue::bytes_for(SLOTS)
-    }
-
     /// Passes `fds` with the offered ticket (or `ticket`); returns what the publisher passed
     /// back.
     fn hand_over_with(
@@ -285,12 +281,11 @@ fn refused_under_traffic(attack: impl FnOnce(SocketAddr) -> String) -> (String, 
 }
 
 #[test]
-fn an_unsealed_ring_or_queue_is_refused_naming_the_seal() {
+fn an_unsealed_ring_is_refused_naming_the_seal() {
     let (reason, told) = refused_under_traffic(|addr| {
         let rogue = Rogue::authed(addr);
         let ring = memfd(rogue.ring_bytes(), None);
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
-        rogue.hand_over(&[ring.as_fd(), cq.fd()]).unwrap();
+        rogue.hand_over(&[ring.as_fd()]).unwrap();
         rogue.bad_endpoint()
     });
     for m in [&reason, &told] {
@@ -299,34 +294,23 @@ fn an_unsealed_ring_or_queue_is_refused_naming_the_seal() {
             "{m}"
         );
     }
-    // Sealed against shrinking only; and a completion queue without seals.
+    // Sealed against shrinking only.
     let (reason, _) = refused_under_traffic(|addr| {
         let rogue = Rogue::authed(addr);
         let ring = memfd(rogue.ring_bytes(), Some(libc::F_SEAL_SHRINK));
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
-        rogue.hand_over(&[ring.as_fd(), cq.fd()]).unwrap();
+        rogue.hand_over(&[ring.as_fd()]).unwrap();
         rogue.bad_endpoint()
     });
     assert!(
         reason.contains("ring memfd is not sealed against growing"),
         "{reason}"
     );
-    let (reason, _) = refused_under_traffic(|addr| {
-        let rogue = Rogue::authed(addr);
-        let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
-        let cq = memfd(rogue.cq_bytes(), Some(0));
-        rogue.hand_over(&[ring.fd(), cq.as_fd()]).unwrap();
-        rogue.bad_endpoint()
-    });
-    assert!(
-        reason.contains("completion queue memfd is not sealed against shrinking"),
-        "{reason}"
-    );
 }
 
 #[test]
 fn the_wrong_number_of_descriptors_is_refused() {
-    for n in [0usize, 1, 3, 4] {
+    // 2: a subscriber of protocol version 3 passed a completion queue too.
+    for n in [0usize, 2, 3] {
         let (reason, told) = refused_under_traffic(|addr| {
             let rogue = Rogue::authed(addr);
             let regions: Vec<ShmRegion> = (0..n)
@@ -336,7 +320,7 @@ fn the_wrong_number_of_descriptors_is_refused() {
             rogue.hand_over(&fds).unwrap();
             rogue.bad_endpoint()
         });
-        let want = format!("expected 2 descriptors (ring, completion queue), got {n}");
+        let want = format!("expected 1 descriptor (the ring), got {n}");
         assert!(reason.contains(&want) && told.contains(&want), "{reason}");
     }
 }
@@ -350,8 +334,7 @@ fn a_pipe_or_a_socket_instead_of_a_memfd_is_refused() {
         assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: pipe2 just returned both; each is owned once.
         let (r, _w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
-        rogue.hand_over(&[r.as_fd(), cq.fd()]).unwrap();
+        rogue.hand_over(&[r.as_fd()]).unwrap();
         rogue.bad_endpoint()
     });
     assert!(
@@ -361,35 +344,27 @@ fn a_pipe_or_a_socket_instead_of_a_memfd_is_refused() {
     let (reason, _) = refused_under_traffic(|addr| {
         let rogue = Rogue::authed(addr);
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
-        rogue.hand_over(&[ring.fd(), a.as_fd()]).unwrap();
+        rogue.hand_over(&[a.as_fd()]).unwrap();
         rogue.bad_endpoint()
     });
     assert!(
-        reason.contains("completion queue descriptor is not a regular file"),
+        reason.contains("ring descriptor is not a regular file"),
         "{reason}"
     );
 }
 
 #[test]
 fn a_memfd_of_the_wrong_size_is_refused() {
-    // Smaller than the ring it announced (the publisher would write past its end), larger, and
-    // a queue too small for its slots.
-    for (ring_delta, cq_delta, what) in [
-        (-4096isize, 0isize, "ring"),
-        (4096, 0, "ring"),
-        (0, -64, "completion queue"),
-    ] {
+    // Smaller than the ring it announced (the publisher would write past its end), and larger.
+    for ring_delta in [-4096isize, 4096] {
         let (reason, _) = refused_under_traffic(|addr| {
             let rogue = Rogue::authed(addr);
             let ring_len = (rogue.ring_bytes() as isize + ring_delta) as usize;
-            let cq_len = (rogue.cq_bytes() as isize + cq_delta) as usize;
             let ring = ShmRegion::memfd("ring", ring_len).unwrap();
-            let cq = ShmRegion::memfd("cq", cq_len).unwrap();
-            rogue.hand_over(&[ring.fd(), cq.fd()]).unwrap();
+            rogue.hand_over(&[ring.fd()]).unwrap();
             rogue.bad_endpoint()
         });
-        assert!(reason.contains(&format!("{what} memfd is ")), "{reason}");
+        assert!(reason.contains("ring memfd is "), "{reason}");
         assert!(reason.contains("bytes, expected "), "{reason}");
     }
 }
@@ -399,12 +374,9 @@ fn a_wrong_ticket_gets_nothing_and_the_handshake_times_out() {
     let (reason, told) = refused_under_traffic(|addr| {
         let rogue = Rogue::authed(addr);
         let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
         let mut wrong = rogue.offer.ticket;
         wrong[0] ^= 1;
-        let e = rogue
-            .hand_over_with(wrong, &[ring.fd(), cq.fd()])
-            .unwrap_err();
+        let e = rogue.hand_over_with(wrong, &[ring.fd()]).unwrap_err();
         assert!(e.to_string().contains("refused the ticket"), "{e}");
         rogue.bad_endpoint()
     });
@@ -531,15 +503,9 @@ fn a_joined_rogue_can_neither_truncate_nor_punch_its_memory() {
         let mut rogue = Rogue::authed(addr);
         // Exactly what a good subscriber makes.
         let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
-        let (credit, credit_map, offset, mut session) = join(&mut rogue, &[ring.fd(), cq.fd()]);
+        let (credit, credit_map, offset, mut session) = join(&mut rogue, &[ring.fd()]);
         let fds = [
             ("ring", ring.fd().try_clone_to_owned().unwrap(), ring.len()),
-            (
-                "completion queue",
-                cq.fd().try_clone_to_owned().unwrap(),
-                cq.len(),
-            ),
             ("credit word", credit, CREDIT_FILE_LEN),
         ];
         let ring_at = (ring.as_mut_ptr() as usize, ring.len());
@@ -569,7 +535,7 @@ fn a_joined_rogue_can_neither_truncate_nor_punch_its_memory() {
                     credit_map.store(offset, consumed);
                     std::thread::yield_now();
                 }
-                (ring, cq, consumed)
+                (ring, consumed)
             })
         };
         heartbeat(&mut rogue, &mut session, 200);
@@ -593,7 +559,7 @@ fn a_joined_rogue_can_neither_truncate_nor_punch_its_memory() {
         // Traffic goes on into its memory.
         heartbeat(&mut rogue, &mut session, 300);
         stop.store(true, Ordering::Relaxed);
-        let (_ring, _cq, consumed) = returner.join().unwrap();
+        let (_ring, consumed) = returner.join().unwrap();
         eprintln!("the rogue consumed {consumed} messages");
         assert!(consumed > 0, "the rogue received nothing");
         attempts
@@ -617,9 +583,8 @@ fn memory_punched_out_before_it_is_sealed_is_refused() {
     let (reason, _) = refused_under_traffic(|addr| {
         let rogue = Rogue::authed(addr);
         let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
         punch(ring.fd(), 4096).unwrap();
-        rogue.hand_over(&[ring.fd(), cq.fd()]).unwrap();
+        rogue.hand_over(&[ring.fd()]).unwrap();
         rogue.bad_endpoint()
     });
     assert!(
@@ -631,8 +596,7 @@ fn memory_punched_out_before_it_is_sealed_is_refused() {
         let rogue = Rogue::authed(addr);
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         let ring = memfd(rogue.ring_bytes(), Some(seals));
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
-        rogue.hand_over(&[ring.as_fd(), cq.fd()]).unwrap();
+        rogue.hand_over(&[ring.as_fd()]).unwrap();
         rogue.bad_endpoint()
     });
     assert!(
@@ -643,8 +607,7 @@ fn memory_punched_out_before_it_is_sealed_is_refused() {
     let (reason, told) = refused_under_traffic(|addr| {
         let mut rogue = Rogue::authed(addr);
         let ring = ShmRegion::memfd("ring", rogue.ring_bytes()).unwrap();
-        let cq = ShmRegion::memfd("cq", rogue.cq_bytes()).unwrap();
-        let mut credit = rogue.hand_over(&[ring.fd(), cq.fd()]).unwrap();
+        let mut credit = rogue.hand_over(&[ring.fd()]).unwrap();
         punch(credit[0].as_fd(), CREDIT_FILE_LEN).unwrap();
         let _credit = credit.pop();
         let ClientEvent::Welcomed(_) = rogue.sub.next_event() else {

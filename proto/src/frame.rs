@@ -6,7 +6,7 @@
 /// Magic bytes that open every frame.
 pub const MAGIC: [u8; 4] = *b"RDMB";
 /// The control protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Length of the frame header.
 pub const FRAME_HEADER_LEN: usize = 12;
 /// Largest frame payload accepted.

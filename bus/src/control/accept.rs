@@ -232,20 +232,19 @@ fn shm_ring(
     let mut fds = registration
         .wait(Instant::now() + HANDSHAKE_STEP)
         .map_err(|e| bad(format!("receiving the ring's memory: {e}")))?;
-    if fds.len() != 2 {
+    if fds.len() != 1 {
         return Err(bad(format!(
-            "expected 2 descriptors (ring, completion queue), got {}",
+            "expected 1 descriptor (the ring), got {}",
             fds.len()
         )));
     }
-    let cq = fds.pop().expect("two");
-    let ring = fds.pop().expect("two");
+    let ring = fds.pop().expect("one");
     let credit = p.shm_credit.take().ok_or_else(|| bad("no credit".into()))?;
     let credit_fd = credit
         .fd()
         .try_clone_to_owned()
         .map_err(|e| bad(format!("duplicating the credit descriptor: {e}")))?;
-    let ring = ShmRemoteRing::from_fds_with_credit(ring, cq, credit, geometry)
+    let ring = ShmRemoteRing::from_fds_with_credit(ring, credit, geometry)
         .map_err(|e| bad(e.to_string()))?;
     p.shm_credit_fd = Some(credit_fd);
     Ok((Box::new(ring), PubEndpoint::Shm(ShmCredit { offset: 0 })))

@@ -1,6 +1,6 @@
 //! The publisher's end of a shared-memory subscription.
 
-use super::{CompletionQueue, ShmRegion};
+use super::ShmRegion;
 use crate::transport::RemoteRing;
 use crate::Error;
 use rdmabus_proto::slot::{lap_flag, FLAGS_OFFSET, HEADER_LEN};
@@ -11,25 +11,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Bytes of the publisher's credit memfd: one cache line holding the consumed position.
 pub const CREDIT_FILE_LEN: usize = 64;
 
-/// Writes into a subscriber's mapped ring and completion queue; reads its credit word.
+/// Writes into a subscriber's mapped ring; reads its credit word.
 pub struct ShmRemoteRing {
     ring: ShmRegion,
-    /// The subscriber's completion queue, checked and mapped at the handshake but no longer
-    /// written: the slot's flags word is the completion (one cache line less per message).
-    _cq: CompletionQueue,
     credit: ShmRegion,
     geometry: RingGeometry,
 }
 
 impl ShmRemoteRing {
-    /// Maps the subscriber's ring and queue memfds (each checked by
+    /// Maps the subscriber's ring memfd (checked by
     /// [`ShmRegion::from_peer_fd`]: regular, on tmpfs, exact size, sealed against shrinking and
     /// growing, then against hole punching, and without holes), with this link's credit word made beforehand by
     /// `ShmRegion::memfd("credit", CREDIT_FILE_LEN)`: the fd exchange sends that reply (the
     /// credit descriptor) as the subscriber's descriptors arrive.
     pub fn from_fds_with_credit(
         ring: OwnedFd,
-        cq: OwnedFd,
         credit: ShmRegion,
         geometry: RingGeometry,
     ) -> Result<Self, Error> {
@@ -40,10 +36,8 @@ impl ShmRemoteRing {
             )));
         }
         let ring = ShmRegion::from_peer_fd(ring, geometry.ring_bytes(), "ring")?;
-        let cq = CompletionQueue::from_fd(cq, geometry.slots())?;
         Ok(Self {
             ring,
-            _cq: cq,
             credit,
             geometry,
         })

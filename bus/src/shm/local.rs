@@ -1,6 +1,6 @@
 //! The subscriber's end of a shared-memory subscription.
 
-use super::{CompletionQueue, ShmRegion};
+use super::ShmRegion;
 use crate::transport::LocalRing;
 use crate::Error;
 use rdmabus_proto::slot::{imm_of, lap_flag, FLAGS_OFFSET, FLAG_LAP, HEADER_LEN};
@@ -8,10 +8,9 @@ use rdmabus_proto::RingGeometry;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The subscriber's ring and completion queue, and (after `Welcome`) the publisher's credit word.
+/// The subscriber's ring, and (after `Welcome`) the publisher's credit word.
 pub struct ShmLocalRing {
     ring: ShmRegion,
-    cq: CompletionQueue,
     credit: Option<ShmRegion>,
     credit_offset: usize,
     geometry: RingGeometry,
@@ -23,13 +22,12 @@ pub struct ShmLocalRing {
 }
 
 impl ShmLocalRing {
-    /// Creates the ring and completion queue as sealed memfds, to pass with [`Self::fds`].
+    /// Creates the ring as a sealed memfd, to pass with [`Self::fds`]. (No completion queue:
+    /// the slot's flags word, written last, is the completion.)
     pub fn create_sealed(geometry: RingGeometry) -> Result<Self, Error> {
         let ring = ShmRegion::memfd("ring", geometry.ring_bytes())?;
-        let cq = CompletionQueue::create_sealed(geometry.slots())?;
         Ok(Self {
             ring,
-            cq,
             credit: None,
             credit_offset: 0,
             geometry,
@@ -38,9 +36,9 @@ impl ShmLocalRing {
         })
     }
 
-    /// The ring's and the completion queue's descriptors, in that order, for the publisher.
-    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
-        [self.ring.fd(), self.cq.region().fd()]
+    /// The ring's descriptor, for the publisher.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 1] {
+        [self.ring.fd()]
     }
 
     /// Maps the publisher's credit memfd (checked by [`ShmRegion::from_peer_fd`]) and stores

@@ -1,7 +1,8 @@
-//! The shared-memory transport: the subscriber's ring and completion queue, and the publisher's
-//! credit word, are memfds mapped into both processes. Each side creates its own, reserves and
+//! The shared-memory transport: the subscriber's ring and the publisher's credit word are
+//! memfds mapped into both processes (no completion queue: each slot's flags word, stored last
+//! with release, is its completion). Each side creates its own, reserves and
 //! writes all of it (no SIGBUS on first touch) and seals it against shrinking and growing; the
-//! subscriber passes its two over the publisher's abstract Unix socket ([`fdpass`]), against
+//! subscriber passes its ring over the publisher's abstract Unix socket ([`fdpass`]), against
 //! the ticket the publisher sent in its sealed `Accept`, and gets the credit word back in the
 //! same exchange. Each side maps the peer's memfds only after checking them
 //! ([`ShmRegion::from_peer_fd`]: a regular tmpfs file, of the exact size, sealed), then seals
@@ -11,7 +12,6 @@
 //! any directory: nothing to plant, swap or leave behind when a process dies (the
 //! shared-memory directory, [`shm_dir`], holds only the stats files).
 
-mod cq;
 pub mod fdpass;
 mod link;
 mod local;
@@ -19,7 +19,6 @@ mod region;
 #[cfg(test)]
 mod tests;
 
-pub use cq::CompletionQueue;
 pub use fdpass::{FdExchange, Registration};
 pub use link::{ShmRemoteRing, CREDIT_FILE_LEN};
 pub use local::ShmLocalRing;

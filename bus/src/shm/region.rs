@@ -201,7 +201,7 @@ impl ShmRegion {
     /// Maps a memfd a peer passed us: it must be a regular tmpfs file of exactly `len` bytes,
     /// sealed against shrinking and growing (so the peer can never truncate it under our
     /// mapping); once mapped, it is sealed against hole punching and checked for holes
-    /// ([`seal_mapped`]). `what` names it in errors ("ring", "completion queue", "credit
+    /// ([`seal_mapped`]). `what` names it in errors ("ring", "credit
     /// word").
     pub fn from_peer_fd(fd: OwnedFd, len: usize, what: &str) -> Result<Self, Error> {
         let st = fstat(fd.as_fd(), what)?;

@@ -354,8 +354,7 @@ fn a_full_exchange_maps_both_ways() {
         local.return_credit(1).unwrap();
     });
     let mut fds = registration.wait(soon(5000)).unwrap();
-    assert_eq!(fds.len(), 2);
-    let cq = fds.pop().unwrap();
+    assert_eq!(fds.len(), 1);
     let ring = fds.pop().unwrap();
     // SAFETY: F_GETFD on a descriptor we own.
     let flags = unsafe { libc::fcntl(ring.as_raw_fd(), libc::F_GETFD) };
@@ -364,7 +363,7 @@ fn a_full_exchange_maps_both_ways() {
         0,
         "received descriptors are CLOEXEC"
     );
-    let mut remote = ShmRemoteRing::from_fds_with_credit(ring, cq, credit, geometry).unwrap();
+    let mut remote = ShmRemoteRing::from_fds_with_credit(ring, credit, geometry).unwrap();
     remote
         .write(0, &SlotHeader::new(0, 1, 5, 0), b"hello", 0)
         .unwrap();
@@ -373,12 +372,12 @@ fn a_full_exchange_maps_both_ways() {
 }
 
 #[test]
-fn the_ring_and_queue_are_checked_against_the_geometry_and_the_credit_is_shared() {
+fn the_ring_is_checked_against_the_geometry_and_the_credit_is_shared() {
     let geometry = RingGeometry::new(4, 64).unwrap();
     let credit = || ShmRegion::memfd("credit", CREDIT_FILE_LEN).unwrap();
     let local = ShmLocalRing::create_sealed(geometry).unwrap();
-    let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
-    let remote = ShmRemoteRing::from_fds_with_credit(r, c, credit(), geometry).unwrap();
+    let [r] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
+    let remote = ShmRemoteRing::from_fds_with_credit(r, credit(), geometry).unwrap();
     let mut local = local;
     local
         .attach_credit_fd(remote.credit_fd().try_clone_to_owned().unwrap(), 0, 42)
@@ -399,27 +398,19 @@ fn the_ring_and_queue_are_checked_against_the_geometry_and_the_credit_is_shared(
             .to_string();
         assert!(m.contains("credit offset"), "{offset}: {m}");
     }
-    // Another geometry than the memfds were made for: the ring, then the queue.
-    let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
+    // Another geometry than the memfd was made for.
+    let [r] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
     let other = RingGeometry::new(8, 64).unwrap();
-    let m = ShmRemoteRing::from_fds_with_credit(r, c, credit(), other)
+    let m = ShmRemoteRing::from_fds_with_credit(r, credit(), other)
         .err()
         .unwrap()
         .to_string();
     assert!(m.contains("ring memfd is 256 bytes, expected 512"), "{m}");
-    let [_, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
-    let ring = ShmRegion::memfd("ring", other.ring_bytes()).unwrap();
-    let r = ring.fd().try_clone_to_owned().unwrap();
-    let m = ShmRemoteRing::from_fds_with_credit(r, c, credit(), other)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(m.contains("completion queue memfd is"), "{m}");
     // The credit word must be the size the subscriber expects.
-    let [r, c] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
+    let [r] = local.fds().map(|f| f.try_clone_to_owned().unwrap());
     let small = ShmRegion::memfd("credit", 8).unwrap();
     assert!(matches!(
-        ShmRemoteRing::from_fds_with_credit(r, c, small, geometry),
+        ShmRemoteRing::from_fds_with_credit(r, small, geometry),
         Err(Error::Config(_))
     ));
 }

@@ -93,10 +93,9 @@ impl RawSub {
 
 /// A publisher of one topic driven by hand over shm: it completes the real handshake with
 /// one subscriber (sealed frames, the real fd exchange), then holds the subscriber's ring and
-/// completion queue and writes whatever it likes into them, whenever it likes.
+/// writes whatever it likes into it, whenever it likes.
 pub struct RawPub {
     pub ring: rdmabus::shm::ShmRegion,
-    pub cq: rdmabus::shm::CompletionQueue,
     pub geometry: rdmabus::proto::RingGeometry,
     pub credit: rdmabus::shm::ShmRegion,
     /// Keeps the link's heartbeats going until dropped.
@@ -161,7 +160,7 @@ impl RawPub {
                             .unwrap()
                             .wait(Instant::now() + Duration::from_secs(10))
                             .unwrap();
-                        let cq = fds.pop().unwrap();
+                        assert_eq!(fds.len(), 1, "the subscriber passes its ring only");
                         let ring = fds.pop().unwrap();
                         let ring = rdmabus::shm::ShmRegion::from_peer_fd(
                             ring,
@@ -169,9 +168,7 @@ impl RawPub {
                             "ring",
                         )
                         .unwrap();
-                        let cq =
-                            rdmabus::shm::CompletionQueue::from_fd(cq, geometry.slots()).unwrap();
-                        mapped = Some((ring, cq, geometry));
+                        mapped = Some((ring, geometry));
                         hs.welcome(
                             Welcome {
                                 subscriber_id: 1,
@@ -201,10 +198,9 @@ impl RawPub {
                                 );
                             }
                         });
-                        let (ring, cq, geometry) = mapped.take().unwrap();
+                        let (ring, geometry) = mapped.take().unwrap();
                         return RawPub {
                             ring,
-                            cq,
                             geometry,
                             credit,
                             _beat: beat,
