@@ -106,4 +106,6 @@ fn a_broken_report_is_a_clear_error_not_a_panic() {
     assert!(err.contains("line 26"), "{err}"); // t_avg, cut off
 
     assert!(err.contains("truncated"), "{err}");
+    // No half table before the error.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }

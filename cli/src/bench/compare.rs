@@ -97,6 +97,9 @@ fn load(path: &Path) -> Result<Value, Error> {
 pub fn run(a: CompareArgs) -> Result<(), Error> {
     let pp = load(&a.pingpong)?;
     let fo = load(&a.fanout)?;
+    // The whole report is made before any of it is printed: a broken perftest report stops it
+    // with an error, not after half a table.
+    let mut out = Vec::new();
     let rows = |v: &Value| v["rows"].as_array().cloned().unwrap_or_default();
     let mut bus_lat = BTreeMap::new();
     for r in rows(&pp) {
@@ -112,35 +115,36 @@ pub fn run(a: CompareArgs) -> Result<(), Error> {
             r["msgs_per_s"].as_f64().unwrap_or(0.0),
         );
     }
-    println!("| size B | ib_write_lat t_typical us | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    out.push("| size B | ib_write_lat t_typical us | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |".to_string());
+    out.push("|---:|---:|---:|---:|---:|---:|---:|".to_string());
     for (size, lat) in &bus_lat {
         let raw_lat = perftest_figure(&a.perftest, &format!("lat-{size}"), *size, "t_typical")?;
         let raw_bw = perftest_figure(&a.perftest, &format!("bw-{size}"), *size, "MsgRate")?;
         let rate = bus_rate.get(size).copied();
         let f =
             |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
-        println!(
+        out.push(format!(
             "| {size} | {} | {lat:.2} | {} | {} | {} | {} |",
             f(raw_lat, 2),
             f(raw_lat.map(|r| lat / r), 2),
             f(raw_bw, 4),
             f(rate.map(|r| r / 1e6), 4),
             f(raw_bw.zip(rate).map(|(raw, r)| r / 1e6 / raw), 2),
-        );
+        ));
     }
     if let Some(scaling) = &a.scaling {
-        println!();
-        scaling_table(&a.perftest, &load(scaling)?)?;
+        out.push(String::new());
+        scaling_table(&mut out, &a.perftest, &load(scaling)?)?;
     }
+    println!("{}", out.join("\n"));
     Ok(())
 }
 
 /// Fan-out against N raw queue pairs: `ib_write_bw -q N` spreads its writes over N QPs, so its
 /// aggregate rate ÷ N is what each of N subscribers could get from raw verbs on this device.
-fn scaling_table(perftest: &Path, fo: &Value) -> Result<(), Error> {
-    println!("| size B | subscribers | ib_write_bw -q N, all QPs Mmsg/s | raw per destination msgs/s | bus msgs/s (to every subscriber) | bus writes/s | rate ratio (bus ÷ raw) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+fn scaling_table(out: &mut Vec<String>, perftest: &Path, fo: &Value) -> Result<(), Error> {
+    out.push("| size B | subscribers | ib_write_bw -q N, all QPs Mmsg/s | raw per destination msgs/s | bus msgs/s (to every subscriber) | bus writes/s | rate ratio (bus ÷ raw) |".to_string());
+    out.push("|---:|---:|---:|---:|---:|---:|---:|".to_string());
     for r in fo["rows"].as_array().into_iter().flatten() {
         let (Some(size), Some(n), Some(rate)) = (
             r["size"].as_u64(),
@@ -154,13 +158,13 @@ fn scaling_table(perftest: &Path, fo: &Value) -> Result<(), Error> {
         let per_dest = raw.map(|raw| raw / n as f64);
         let f =
             |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
-        println!(
+        out.push(format!(
             "| {size} | {n} | {} | {} | {rate:.0} | {:.0} | {} |",
             f(raw.map(|r| r / 1e6), 4),
             f(per_dest, 0),
             rate * n as f64,
             f(per_dest.map(|p| rate / p), 2),
-        );
+        ));
     }
     Ok(())
 }
