@@ -1,6 +1,7 @@
 //! `rdmabus bench compare`: puts perftest's raw-verbs figures beside `rdmabus bench` results
 //! for the same sizes and prints the ratios (bus ÷ raw verbs) as a Markdown table.
 
+use super::perftest;
 use rdmabus::Error;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -9,7 +10,9 @@ use std::path::{Path, PathBuf};
 /// Arguments of `rdmabus bench compare`.
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
-    /// Folder of perftest outputs named `lat-SIZE.txt` (ib_write_lat) and `bw-SIZE.txt` (ib_write_bw).
+    /// Folder of perftest outputs: `lat-SIZE.json` (ib_write_lat --out_json) and `bw-SIZE.json`
+    /// (ib_write_bw --out_json) reports, or, where a report is missing, the text outputs
+    /// `lat-SIZE.txt` and `bw-SIZE.txt`.
     #[arg(long, value_name = "DIR")]
     pub perftest: PathBuf,
     /// `rdmabus bench pingpong --json` output.
@@ -19,12 +22,43 @@ pub struct CompareArgs {
     #[arg(long, value_name = "FILE")]
     pub fanout: PathBuf,
     /// `rdmabus bench fanout --json` output with several subscriber counts; compared with
-    /// `ib_write_bw -q N` outputs named `bw-qN-SIZE.txt` in the perftest folder.
+    /// `ib_write_bw -q N` outputs named `bw-qN-SIZE.json` (or `.txt`) in the perftest folder.
     #[arg(long, value_name = "FILE")]
     pub scaling: Option<PathBuf>,
 }
 
-/// The data row of a perftest report file.
+/// perftest's figure for one run, `results.KEY` of its `--out_json` report `STEM.json` if there
+/// is one, else column 4 of the data row of its text output `STEM.txt` (t_typical for
+/// ib_write_lat, MsgRate in Mpps for ib_write_bw, the same figures). None when the run left
+/// neither (a failed run writes no report and no row); an unreadable report is an error.
+fn perftest_figure(dir: &Path, stem: &str, size: u64, key: &str) -> Result<Option<f64>, Error> {
+    let json = dir.join(format!("{stem}.json"));
+    match std::fs::read_to_string(&json) {
+        Ok(text) => {
+            let bad = |m: String| {
+                Error::io(
+                    format!("perftest report {}", json.display()),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, m),
+                )
+            };
+            let f = perftest::result(&text, key).map_err(bad)?;
+            match f.size {
+                Some(s) if s != size => Err(bad(format!(
+                    "a report for {s} B messages, not {size} B (results.MsgSize)"
+                ))),
+                _ => Ok(Some(f.value)),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(perftest_row(&dir.join(format!("{stem}.txt")))
+                .ok()
+                .map(|c| c[4]))
+        }
+        Err(e) => Err(Error::io(format!("reading {}", json.display()), e)),
+    }
+}
+
+/// The data row of a perftest text output file.
 fn perftest_row(path: &Path) -> Result<Vec<f64>, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -63,6 +97,9 @@ fn load(path: &Path) -> Result<Value, Error> {
 pub fn run(a: CompareArgs) -> Result<(), Error> {
     let pp = load(&a.pingpong)?;
     let fo = load(&a.fanout)?;
+    // The whole report is made before any of it is printed: a broken perftest report stops it
+    // with an error, not after half a table.
+    let mut out = Vec::new();
     let rows = |v: &Value| v["rows"].as_array().cloned().unwrap_or_default();
     let mut bus_lat = BTreeMap::new();
     for r in rows(&pp) {
@@ -78,39 +115,36 @@ pub fn run(a: CompareArgs) -> Result<(), Error> {
             r["msgs_per_s"].as_f64().unwrap_or(0.0),
         );
     }
-    println!("| size B | ib_write_lat t_typical us | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    out.push("| size B | ib_write_lat t_typical us | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |".to_string());
+    out.push("|---:|---:|---:|---:|---:|---:|---:|".to_string());
     for (size, lat) in &bus_lat {
-        let raw_lat = perftest_row(&a.perftest.join(format!("lat-{size}.txt")))
-            .ok()
-            .map(|c| c[4]);
-        let raw_bw = perftest_row(&a.perftest.join(format!("bw-{size}.txt")))
-            .ok()
-            .map(|c| c[4]);
+        let raw_lat = perftest_figure(&a.perftest, &format!("lat-{size}"), *size, "t_typical")?;
+        let raw_bw = perftest_figure(&a.perftest, &format!("bw-{size}"), *size, "MsgRate")?;
         let rate = bus_rate.get(size).copied();
         let f =
             |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
-        println!(
+        out.push(format!(
             "| {size} | {} | {lat:.2} | {} | {} | {} | {} |",
             f(raw_lat, 2),
             f(raw_lat.map(|r| lat / r), 2),
             f(raw_bw, 4),
             f(rate.map(|r| r / 1e6), 4),
             f(raw_bw.zip(rate).map(|(raw, r)| r / 1e6 / raw), 2),
-        );
+        ));
     }
     if let Some(scaling) = &a.scaling {
-        println!();
-        scaling_table(&a.perftest, &load(scaling)?);
+        out.push(String::new());
+        scaling_table(&mut out, &a.perftest, &load(scaling)?)?;
     }
+    println!("{}", out.join("\n"));
     Ok(())
 }
 
 /// Fan-out against N raw queue pairs: `ib_write_bw -q N` spreads its writes over N QPs, so its
 /// aggregate rate ÷ N is what each of N subscribers could get from raw verbs on this device.
-fn scaling_table(perftest: &Path, fo: &Value) {
-    println!("| size B | subscribers | ib_write_bw -q N, all QPs Mmsg/s | raw per destination msgs/s | bus msgs/s (to every subscriber) | bus writes/s | rate ratio (bus ÷ raw) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+fn scaling_table(out: &mut Vec<String>, perftest: &Path, fo: &Value) -> Result<(), Error> {
+    out.push("| size B | subscribers | ib_write_bw -q N, all QPs Mmsg/s | raw per destination msgs/s | bus msgs/s (to every subscriber) | bus writes/s | rate ratio (bus ÷ raw) |".to_string());
+    out.push("|---:|---:|---:|---:|---:|---:|---:|".to_string());
     for r in fo["rows"].as_array().into_iter().flatten() {
         let (Some(size), Some(n), Some(rate)) = (
             r["size"].as_u64(),
@@ -119,20 +153,20 @@ fn scaling_table(perftest: &Path, fo: &Value) {
         ) else {
             continue;
         };
-        let raw = perftest_row(&perftest.join(format!("bw-q{n}-{size}.txt")))
-            .ok()
-            .map(|c| c[4] * 1e6);
+        let raw = perftest_figure(perftest, &format!("bw-q{n}-{size}"), size, "MsgRate")?
+            .map(|mpps| mpps * 1e6);
         let per_dest = raw.map(|raw| raw / n as f64);
         let f =
             |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
-        println!(
+        out.push(format!(
             "| {size} | {n} | {} | {} | {rate:.0} | {:.0} | {} |",
             f(raw.map(|r| r / 1e6), 4),
             f(per_dest, 0),
             rate * n as f64,
             f(per_dest.map(|p| rate / p), 2),
-        );
+        ));
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 mod compare;
 mod fanout;
 mod limit;
+mod perftest;
 mod pingpong;
 mod plot;
 mod result;
