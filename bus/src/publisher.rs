@@ -351,10 +351,7 @@ impl<'p, T: Message> Loan<'p, T> {
     /// Serializes `value` in place into the slot.
     #[inline]
     pub fn write(self, value: &T) -> Result<Written<'p, T>, Error> {
-        let cap = self.capacity();
-        let buf = &mut self.publisher.store.memory
-            [self.offset + HEADER_LEN..self.offset + HEADER_LEN + cap];
-        let len = codec::encode_into(value, buf)?;
+        let len = codec::encode_into(value, self.publisher.store.payload_mut(self.offset))?;
         Ok(Written {
             publisher: self.publisher,
             offset: self.offset,
@@ -371,8 +368,7 @@ impl<'p, T: Message> Loan<'p, T> {
                 capacity: cap,
             }));
         }
-        let start = self.offset + HEADER_LEN;
-        self.publisher.store.memory[start..start + archive.len()].copy_from_slice(archive);
+        self.publisher.store.payload_mut(self.offset)[..archive.len()].copy_from_slice(archive);
         Ok(Written {
             publisher: self.publisher,
             offset: self.offset,
@@ -441,9 +437,8 @@ impl<T: Message> Publisher<T> {
                 .geometry
                 .index(self.store.sends.wrapping_add(i as u64));
             self.reclaim(index);
-            let at = self.store.geometry.offset_of_index(index) + HEADER_LEN;
-            let cap = self.store.geometry.payload_capacity();
-            let len = codec::encode_into(value, &mut self.store.memory[at..at + cap])?;
+            let offset = self.store.geometry.offset_of_index(index);
+            let len = codec::encode_into(value, self.store.payload_mut(offset))?;
             self.batch_lens[i] = len as u32;
         }
         if values.is_empty() {
@@ -795,6 +790,13 @@ struct Store {
 }
 
 impl Store {
+    /// The payload area of the staging slot at `offset` (its capacity, after the header).
+    #[inline]
+    fn payload_mut(&mut self, offset: usize) -> &mut [u8] {
+        let start = offset + HEADER_LEN;
+        &mut self.memory[start..start + self.geometry.payload_capacity()]
+    }
+
     /// Records that the loaned slot at `offset`, `len` payload bytes, goes out as `seq`.
     #[inline]
     fn record(&mut self, seq: u64, publish_ns: u64, offset: usize, len: usize) {

@@ -28,14 +28,14 @@ pub fn check_rdma() -> Result<(), Error> {
 
 /// The first IPv4 address with a RoCE v2 GID, as the default address over verbs.
 pub fn first_ipv4() -> Result<Ipv4Addr, Error> {
-    check_rdma()?;
+    #[cfg(not(feature = "verbs"))]
+    return Err(rdmabus::transport::no_verbs());
     #[cfg(feature = "verbs")]
-    if let Some(ip) = rdmabus::verbs::device::first_ipv4() {
-        return Ok(ip);
-    }
-    Err(Error::Config(
-        "no RDMA device with an IPv4 RoCE v2 GID; see `rdma link` (README: Soft-RoCE)".into(),
-    ))
+    rdmabus::verbs::device::first_ipv4().ok_or_else(|| {
+        Error::Config(
+            "no RDMA device with an IPv4 RoCE v2 GID; see `rdma link` (README: Soft-RoCE)".into(),
+        )
+    })
 }
 
 /// The active MTU of port 1 of device `name`.

@@ -90,6 +90,20 @@ pub struct WriteWr {
     pub inline: bool,
 }
 
+impl WriteWr {
+    /// A write of nothing, to fill arrays with before real ones are put in.
+    pub const EMPTY: WriteWr = WriteWr {
+        wr_id: 0,
+        sges: [Sge::EMPTY; 2],
+        num_sge: 0,
+        remote_addr: 0,
+        rkey: 0,
+        imm: None,
+        signaled: false,
+        inline: false,
+    };
+}
+
 impl Qp {
     /// Creates an RC QP on `pd` whose sends complete on `send_cq` and receives on `recv_cq`.
     pub fn new(
@@ -325,17 +339,18 @@ impl Qp {
         signaled: bool,
         inline: bool,
     ) -> Result<(), Error> {
+        let n = sges.len().min(2);
         let mut wr = WriteWr {
             wr_id,
-            sges: [Sge::EMPTY; 2],
-            num_sge: sges.len().min(2) as u8,
+            num_sge: n as u8,
             remote_addr,
             rkey,
             imm,
             signaled,
             inline,
+            ..WriteWr::EMPTY
         };
-        wr.sges[..sges.len().min(2)].copy_from_slice(&sges[..sges.len().min(2)]);
+        wr.sges[..n].copy_from_slice(&sges[..n]);
         self.post_writes(std::slice::from_ref(&wr))
     }
 
