@@ -34,6 +34,7 @@ mod psk;
 mod publisher;
 mod reconnect;
 pub mod shm;
+pub mod stages;
 mod stats;
 pub mod stats_file;
 mod subscriber;

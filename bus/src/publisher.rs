@@ -3,6 +3,7 @@
 use crate::clock::Stamper;
 use crate::control::node::{NodeShared, TopicShared};
 use crate::control::session::{Ended, LinkState};
+use crate::stages::{stage, Stage};
 use crate::stats::{LinkEnd, PublisherStats, SubscriberInfo};
 use crate::stats_file::{link as L, topic as TP, Counters, Kind};
 use crate::transport::RemoteRing;
@@ -351,7 +352,10 @@ impl<'p, T: Message> Loan<'p, T> {
     /// Serializes `value` in place into the slot.
     #[inline]
     pub fn write(self, value: &T) -> Result<Written<'p, T>, Error> {
-        let len = codec::encode_into(value, self.publisher.store.payload_mut(self.offset))?;
+        let len = stage!(
+            Stage::Serialize,
+            codec::encode_into(value, self.publisher.store.payload_mut(self.offset))
+        )?;
         Ok(Written {
             publisher: self.publisher,
             offset: self.offset,
@@ -368,7 +372,10 @@ impl<'p, T: Message> Loan<'p, T> {
                 capacity: cap,
             }));
         }
-        self.publisher.store.payload_mut(self.offset)[..archive.len()].copy_from_slice(archive);
+        stage!(
+            Stage::Serialize,
+            self.publisher.store.payload_mut(self.offset)[..archive.len()].copy_from_slice(archive)
+        );
         Ok(Written {
             publisher: self.publisher,
             offset: self.offset,
@@ -400,9 +407,11 @@ impl<T: Message> Publisher<T> {
     /// Lends the next staging slot.
     #[inline]
     pub fn loan(&mut self) -> Result<Loan<'_, T>, Error> {
-        let index = self.store.geometry.index(self.store.sends);
-        self.reclaim(index);
-        let offset = self.store.geometry.offset_of_index(index);
+        let offset = stage!(Stage::Loan, {
+            let index = self.store.geometry.index(self.store.sends);
+            self.reclaim(index);
+            self.store.geometry.offset_of_index(index)
+        });
         Ok(Loan {
             publisher: self,
             offset,
@@ -680,7 +689,7 @@ impl<T> Publisher<T> {
 
     #[inline]
     fn fan_out(&mut self, offset: usize, len: usize) -> Result<u64, Error> {
-        let publish_ns = self.stamper.now_ns();
+        let publish_ns = stage!(Stage::Stamp, self.stamper.now_ns());
         Ok(self.fan_out_at(offset, len, publish_ns))
     }
 
@@ -689,10 +698,12 @@ impl<T> Publisher<T> {
     #[inline]
     fn fan_out_at(&mut self, offset: usize, len: usize, publish_ns: u64) -> u64 {
         let seq = self.next_seq;
-        self.store.record(seq, publish_ns, offset, len);
-        // Joiners are adopted against the history as it is with this message in it (adopted
-        // before, a full history would drop its oldest message from under them).
-        self.adopt_pending();
+        stage!(Stage::Record, {
+            self.store.record(seq, publish_ns, offset, len);
+            // Joiners are adopted against the history as it is with this message in it
+            // (adopted before, a full history would drop its oldest message from under them).
+            self.adopt_pending();
+        });
         let live = offset + HEADER_LEN..offset + HEADER_LEN + len;
         let feed = self
             .store
@@ -706,9 +717,11 @@ impl<T> Publisher<T> {
         if any_dead {
             self.reap();
         }
-        self.next_seq = seq.wrapping_add(1);
-        self.topic.next_seq.store(self.next_seq, Ordering::Relaxed);
-        self.counters.entry().add(TP::PUBLISHED, 1);
+        stage!(Stage::Account, {
+            self.next_seq = seq.wrapping_add(1);
+            self.topic.next_seq.store(self.next_seq, Ordering::Relaxed);
+            self.counters.entry().add(TP::PUBLISHED, 1);
+        });
         seq
     }
 
@@ -935,9 +948,9 @@ fn deliver(link: &mut Link, feed: &Feed<'_>, seq: u64) -> bool {
     }
     if link.next_unsent == seq {
         // At the live edge with room: the common case.
-        match ready(link) {
+        match stage!(Stage::Credit, ready(link)) {
             Ok(true) => {
-                if let Err(why) = write_live(link, feed, seq) {
+                if let Err(why) = stage!(Stage::Write, write_live(link, feed, seq)) {
                     link.fail(why);
                     return false;
                 }

@@ -4,6 +4,7 @@
 use crate::control::session::{Ended, LinkState};
 use crate::control::{connect, Connected};
 use crate::reconnect::{worth_retrying, Reconnect, Rejoin, SessionChange};
+use crate::stages::{stage, Stage};
 use crate::stats::SubscriberStats;
 use crate::stats_file::{sub as S, Counters, Kind};
 use crate::transport::LocalRing;
@@ -585,14 +586,20 @@ impl<T: Message> Subscriber<T> {
         if self.release_pending {
             self.release_pending = false;
             if let Some(pos) = self.credit.release() {
-                self.local.return_credit(pos)?;
+                stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
             }
         }
         if let Some(h) = self.held.take() {
             return Ok(Some(Step::Message(h)));
         }
+        #[cfg(feature = "stage-clock")]
+        let t0 = crate::stages::start_probe();
         let imm = match self.local.poll()? {
-            Some(imm) => imm,
+            Some(imm) => {
+                #[cfg(feature = "stage-clock")]
+                crate::stages::end_probe(Stage::Poll, t0);
+                imm
+            }
             None if self.state.is_active() => {
                 // Credit goes back every quarter ring, and, rate-limited, when idle: so that
                 // a publisher under Drop or Disconnect sees a paused subscriber's free ring.
@@ -600,7 +607,7 @@ impl<T: Message> Subscriber<T> {
                 if self.idle_polls & 63 == 0 {
                     let interval = self.local.idle_credit_interval_ns();
                     if let Some(pos) = self.credit.idle_at(crate::clock::now_ns(), interval) {
-                        self.local.return_credit(pos)?;
+                        stage!(Stage::IdleCredit, self.local.return_credit(pos))?;
                     }
                 }
                 return Ok(None);
@@ -614,6 +621,8 @@ impl<T: Message> Subscriber<T> {
         };
         self.idle_polls = 0;
         self.taken = self.taken.wrapping_add(1);
+        #[cfg(feature = "stage-clock")]
+        let t0 = crate::stages::start_probe();
         let header = read_header(
             self.local
                 .slot_ptr(self.geometry.index(self.credit.consumed())),
@@ -621,7 +630,10 @@ impl<T: Message> Subscriber<T> {
         if let Err(e) = header.validate(self.geometry.payload_capacity(), imm) {
             return Err(self.corrupt(None, e.to_string()));
         }
-        let (first, count, announced) = match self.gaps.observe(header.seq) {
+        let observed = self.gaps.observe(header.seq);
+        #[cfg(feature = "stage-clock")]
+        crate::stages::end_probe(Stage::Validate, t0);
+        let (first, count, announced) = match observed {
             SeqEvent::InOrder => return Ok(Some(Step::Message(header))),
             SeqEvent::First if header.dropped_before == 0 => {
                 return Ok(Some(Step::Message(header)))
@@ -683,18 +695,21 @@ impl<T: Message> Subscriber<T> {
         let payload = unsafe { slot.add(HEADER_LEN) };
         let (bytes, checked) = match self.access {
             Access::Copy => {
-                // SAFETY: the payload is 32-aligned (64-aligned slot plus the 32-byte header)
-                // and readable for `len` rounded up to WORD (above); the buffer is 64-aligned,
-                // holds the payload capacity (a multiple of 64), and is our own memory, apart
-                // from the ring.
-                unsafe { copy_from_ring(payload, self.copy.as_mut_ptr(), len) };
+                stage!(
+                    Stage::Copy,
+                    // SAFETY: the payload is 32-aligned (64-aligned slot plus the 32-byte
+                    // header) and readable for `len` rounded up to WORD (above); the buffer is
+                    // 64-aligned, holds the payload capacity (a multiple of 64), and is our own
+                    // memory, apart from the ring.
+                    unsafe { copy_from_ring(payload, self.copy.as_mut_ptr(), len) }
+                );
                 // Every load of the copy happens before the credit write that lets the
                 // publisher reuse the slot (the shm credit store is Release anyway; over verbs
                 // the post is an FFI call the loads cannot move past, and this fence keeps
                 // weakly ordered CPUs from doing it).
                 fence(Ordering::Release);
                 if let Some(pos) = self.credit.release() {
-                    self.local.return_credit(pos)?;
+                    stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
                 }
                 (self.copy.bytes(len), true)
             }
@@ -714,7 +729,7 @@ impl<T: Message> Subscriber<T> {
             }
         };
         let value = if checked {
-            match codec::access::<T>(bytes) {
+            match stage!(Stage::Access, codec::access::<T>(bytes)) {
                 Ok(v) => v,
                 Err(e) => {
                     self.counters.entry().add(S::CORRUPT, 1);
@@ -731,17 +746,19 @@ impl<T: Message> Subscriber<T> {
             // slot plus the 32-byte header), enough for rkyv's archived types.
             unsafe { codec::access_unchecked::<T>(bytes) }
         };
-        let e = self.counters.entry();
-        e.add(S::RECEIVED, 1);
-        if header.flags & FLAG_FROM_HISTORY != 0 {
-            e.add(S::REPAIRED, 1);
-        }
-        // One message in eight feeds the live latency histogram: the clock read stays off
-        // the other seven.
-        self.sampled = self.sampled.wrapping_add(1);
-        if self.sampled & 7 == 0 {
-            e.record_latency(self.stamper.now_ns().saturating_sub(header.publish_ns));
-        }
+        stage!(Stage::Stats, {
+            let e = self.counters.entry();
+            e.add(S::RECEIVED, 1);
+            if header.flags & FLAG_FROM_HISTORY != 0 {
+                e.add(S::REPAIRED, 1);
+            }
+            // One message in eight feeds the live latency histogram: the clock read stays
+            // off the other seven.
+            self.sampled = self.sampled.wrapping_add(1);
+            if self.sampled & 7 == 0 {
+                e.record_latency(self.stamper.now_ns().saturating_sub(header.publish_ns));
+            }
+        });
         Ok(Event::Message(Received {
             header,
             value,

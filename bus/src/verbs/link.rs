@@ -7,6 +7,7 @@ use super::device::Choice;
 use super::mr::Mr;
 use super::pd::Pd;
 use super::qp::{Qp, QpCaps, Sge, WriteWr, MAX_LIST};
+use crate::stages::{stage, Stage};
 use crate::transport::RemoteRing;
 use crate::Error;
 use rdma_sys::{ibv_access_flags as A, ibv_qp_state, ibv_wc, ibv_wc_status};
@@ -309,7 +310,7 @@ impl RemoteRing for VerbsRemoteRing {
         }
         if signaled {
             self.last_signaled = self.posted;
-            self.reap()?;
+            stage!(Stage::Reap, self.reap())?;
         }
         Ok(())
     }

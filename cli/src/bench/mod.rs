@@ -7,6 +7,7 @@ mod perftest;
 mod pingpong;
 mod plot;
 mod result;
+mod stages;
 
 use rdmabus::{Access, Error, IdleStrategy, Transport};
 use std::path::PathBuf;

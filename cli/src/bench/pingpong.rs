@@ -19,6 +19,10 @@ pub struct PingpongArgs {
     /// Address of side B (the echo); over verbs it picks B's RDMA device.
     #[arg(long, value_name = "IP")]
     pub b: Option<IpAddr>,
+    /// After the table, where one message's time goes: cycles per stage of the hot path
+    /// (needs a build with the `stage-clock` feature).
+    #[arg(long)]
+    pub stages: bool,
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -27,6 +31,9 @@ const WAIT: Duration = Duration::from_secs(30);
 pub fn run(args: PingpongArgs) -> Result<(), Error> {
     let c = args.common.clone();
     c.check()?;
+    if args.stages {
+        super::stages::check_enabled()?;
+    }
     let host = host();
     // The floor first, between the same CPUs, before any poller spins on them.
     let limit = super::limit::measure(&c, c.warmup, c.iters)?;
@@ -93,11 +100,15 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
     ping.wait_for_subscribers(1, WAIT)?;
     c.pin(0)?;
     let mut rows = Vec::new();
+    let mut breakdowns = Vec::new();
     for &size in &c.sizes {
         let msg = BenchMsg::of_size(size);
         let mut h = histogram();
         let mut measured = Duration::ZERO;
         for i in 0..c.warmup + c.iters {
+            if i == c.warmup {
+                rdmabus::stages::reset();
+            }
             let t0 = Instant::now();
             ping.loan()?.write(&msg)?.send()?;
             match pongs.recv()? {
@@ -113,6 +124,8 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
                 let _ = h.record((rtt.as_nanos() as u64 / 2).max(1));
             }
         }
+        // Each round trip is two one-way messages, each through the whole path once.
+        breakdowns.push((size, rdmabus::stages::snapshot(), 2 * c.iters));
         let rtts = c.iters as f64 / measured.as_secs_f64();
         rows.push(Row {
             label: format!("{size} B"),
@@ -130,5 +143,10 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
     drop(ping);
     echo.join()
         .map_err(|_| Error::Protocol("the echo thread panicked".into()))??;
-    c.report("pingpong", host, rows, Some(Percentiles::of(&limit)))
+    let p50s: Vec<u64> = rows.iter().map(|r| r.latency.summary.p50_ns).collect();
+    c.report("pingpong", host, rows, Some(Percentiles::of(&limit)))?;
+    if args.stages {
+        super::stages::print(&breakdowns, &p50s);
+    }
+    Ok(())
 }
