@@ -223,12 +223,9 @@ pub fn reset() {
     imp::reset()
 }
 
-/// Time-stamp counter ticks per nanosecond, measured against the monotonic clock over 20 ms.
+/// Time-stamp counter ticks per nanosecond (see [`crate::clock::ticks_per_ns`]).
 pub fn ticks_per_ns() -> f64 {
-    let (t0, i0) = (crate::clock::rdtsc(), std::time::Instant::now());
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let (t1, el) = (crate::clock::rdtsc(), i0.elapsed());
-    t1.wrapping_sub(t0) as f64 / el.as_nanos().max(1) as f64
+    crate::clock::ticks_per_ns()
 }
 
 /// What one empty probe costs, in ticks (the median of 10,001 back-to-back reads).

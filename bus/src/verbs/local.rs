@@ -26,6 +26,14 @@ pub(super) const CQ_SPARE: u32 = 16;
 /// Longest wait for the send queue to take another credit write (the publisher's NIC
 /// acknowledges within its retry budget, or the QP fails).
 const CREDIT_WAIT: Duration = Duration::from_secs(2);
+/// An idle subscriber writes back credit it has not yet returned at most this often (1 ms).
+/// Credit goes back anyway at every quarter of the ring, so a full ring always gets it; this
+/// only lets a publisher see a paused subscriber's last few slots free. Each one is an RDMA
+/// write (a post, a packet and its ACK): at 50 µs, a ping-pong whose round trip is shorter
+/// paid one per message or two, which on Soft-RoCE added microseconds to every message
+/// (`bench pingpong --stages`, "idle credit"). Aeron's receivers, likewise, send status
+/// messages at a quarter of the window or on a timer.
+const IDLE_CREDIT_INTERVAL_NS: u64 = 1_000_000;
 
 /// The subscriber's ring and completion queues over verbs.
 pub struct VerbsLocalRing {
@@ -136,8 +144,7 @@ impl VerbsLocalRing {
 
 impl LocalRing for VerbsLocalRing {
     fn idle_credit_interval_ns(&self) -> u64 {
-        // One RDMA write: at most one per 50 µs for an idle subscriber.
-        50_000
+        IDLE_CREDIT_INTERVAL_NS
     }
 
     #[inline]

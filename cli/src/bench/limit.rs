@@ -10,7 +10,6 @@ use hdrhistogram::Histogram;
 use rdmabus::Error;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Arguments of `rdmabus bench limit`.
 #[derive(clap::Args, Debug)]
@@ -54,16 +53,18 @@ pub fn measure(c: &Common, warmup: u64, iters: u64) -> Result<Histogram<u64>, Er
                 rdmabus::affinity::pin_current_thread(cpu)?;
             }
             let mut h = histogram();
+            // Timed with the TSC, as the bus's ping-pong is.
+            let per_ns = rdmabus::clock::ticks_per_ns();
             for i in 0..total {
                 let ping = 2 * i + 1;
-                let t0 = Instant::now();
+                let t0 = rdmabus::clock::ticks();
                 line.store(ping, Ordering::Release);
                 while line.load(Ordering::Acquire) != ping + 1 {
                     std::hint::spin_loop();
                 }
-                let rtt = t0.elapsed();
+                let rtt = (rdmabus::clock::ticks().wrapping_sub(t0) as f64 / per_ns) as u64;
                 if i >= warmup {
-                    let _ = h.record((rtt.as_nanos() as u64 / 2).max(1));
+                    let _ = h.record((rtt / 2).max(1));
                 }
             }
             Ok(h)

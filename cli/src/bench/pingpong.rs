@@ -1,12 +1,14 @@
 //! Ping-pong: node A publishes "bench.ping"; an echo thread on node B forwards each message's
-//! archive unchanged on "bench.pong"; A times the round trip. One-way latency is half of it.
+//! archive unchanged on "bench.pong"; A times the round trip (with [`rdmabus::clock::ticks`],
+//! the TSC on x86_64). One-way latency is half of it.
 
 use super::result::{histogram, host, Percentiles, Row};
 use super::Common;
+use rdmabus::clock::ticks;
 use rdmabus::proto::bench::BenchMsg;
 use rdmabus::{Error, Event, Node, Psk, Subscriber};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Arguments of `rdmabus bench pingpong`.
 #[derive(clap::Args, Debug)]
@@ -38,6 +40,9 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
     // The floor first, between the same CPUs, before any poller spins on them.
     let limit = super::limit::measure(&c, c.warmup, c.iters)?;
     let limit_p50 = limit.value_at_quantile(0.5).max(1) as f64;
+    // Round trips are timed with the TSC, as perftest times them: on a VM whose clock
+    // source is emulated, reading the clock costs microseconds.
+    let per_ns = rdmabus::clock::ticks_per_ns();
     let ip_a = c.ip_or_default(args.a)?;
     let ip_b = args.b.unwrap_or(ip_a);
     let psk = Psk::random();
@@ -104,12 +109,12 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
     for &size in &c.sizes {
         let msg = BenchMsg::of_size(size);
         let mut h = histogram();
-        let mut measured = Duration::ZERO;
+        let mut measured = 0u64;
         for i in 0..c.warmup + c.iters {
             if i == c.warmup {
                 rdmabus::stages::reset();
             }
-            let t0 = Instant::now();
+            let t0 = ticks();
             ping.loan()?.write(&msg)?.send()?;
             match pongs.recv()? {
                 Event::Message(m) if m.payload.len() == size => {}
@@ -118,15 +123,15 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
                 }
                 _ => return Err(Error::Protocol("gap in a Block ping-pong".into())),
             }
-            let rtt = t0.elapsed();
+            let rtt = (ticks().wrapping_sub(t0) as f64 / per_ns) as u64;
             if i >= c.warmup {
                 measured += rtt;
-                let _ = h.record((rtt.as_nanos() as u64 / 2).max(1));
+                let _ = h.record((rtt / 2).max(1));
             }
         }
         // Each round trip is two one-way messages, each through the whole path once.
         breakdowns.push((size, rdmabus::stages::snapshot(), 2 * c.iters));
-        let rtts = c.iters as f64 / measured.as_secs_f64();
+        let rtts = c.iters as f64 / (measured.max(1) as f64 / 1e9);
         rows.push(Row {
             label: format!("{size} B"),
             size,

@@ -81,3 +81,43 @@ pub fn check(r: &mut Report) {
         );
     }
 }
+
+/// How publish timestamps are taken: the TSC (one `rdtsc`) or a CLOCK_REALTIME read each, and
+/// what such a read costs here (on a VM with an emulated clock source, microseconds).
+pub fn check_stamps(r: &mut Report) {
+    let what = "timestamps";
+    let source =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap_or_default();
+    let source = source.trim();
+    let tsc = rdmabus::clock::Stamper::new().uses_tsc();
+    let t0 = std::time::Instant::now();
+    for _ in 0..1000 {
+        std::hint::black_box(rdmabus::clock::now_ns());
+    }
+    let read_ns = t0.elapsed().as_nanos() / 1000;
+    let detail = format!(
+        "{}; clock source {}; a CLOCK_REALTIME read takes {read_ns} ns (mean of 1000)",
+        if tsc {
+            "from the TSC (one rdtsc per stamp)"
+        } else {
+            "one CLOCK_REALTIME read per stamp (the TSC is not trusted here)"
+        },
+        if source.is_empty() { "unknown" } else { source },
+    );
+    if !tsc && read_ns > 200 {
+        r.add(
+            "clock.stamps",
+            Verdict::Warn,
+            what,
+            &detail,
+            Some(
+                "every publish pays that read: if this machine's TSC is steady (a VM whose \
+                 kernel chose an emulated clock source), RDMABUS_CLOCK=tsc stamps from it, \
+                 re-anchored to CLOCK_REALTIME every 50 ms",
+            ),
+        );
+    } else {
+        r.add("clock.stamps", Verdict::Ok, what, &detail, None);
+    }
+}

@@ -134,6 +134,7 @@ pub fn run_checks(want: Want, device: Option<&str>) -> Report {
     isolation::check(&ctx, &mut r);
     cpu::pinning(&ctx, &mut r);
     clock::check(&mut r);
+    clock::check_stamps(&mut r);
     shm::check(&mut r);
     r
 }

@@ -1,0 +1,71 @@
+//! `rdmabus::stages`: with the `stage-clock` feature every stage of a message's path is counted
+//! once per message and takes time; without it nothing is counted. Run with
+//! `cargo test -p rdmabus --features stage-clock --test stages` (scripts/test does) as well as
+//! in the plain suite.
+
+mod common;
+
+use rdmabus::proto::market::Quote;
+use rdmabus::stages::{self, Stage, ALL};
+use rdmabus::{Event, Policy, Psk};
+use std::time::Duration;
+
+#[test]
+fn every_stage_of_a_message_is_counted_once_and_takes_time() {
+    let psk = Psk::random();
+    let node = common::node_builder(psk.clone()).start().unwrap();
+    let mut p = node
+        .publisher::<Quote>("stages")
+        .policy(Policy::Block)
+        .build()
+        .unwrap();
+    let mut sub = common::subscriber::<Quote>(node.local_addr(), "stages", psk)
+        .slots(64)
+        .connect()
+        .unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(10)).unwrap();
+    // Nothing else in this test binary sends: the totals are this test's.
+    stages::reset();
+    let n = 1000u64;
+    for i in 0..n {
+        p.publish(&Quote::synthetic(i)).unwrap();
+        match sub.recv_timeout(Duration::from_secs(10)).unwrap() {
+            Some(Event::Message(m)) => assert_eq!(m.seq(), p.next_seq() - 1),
+            other => panic!("expected message {i}, got {:?}", other.is_some()),
+        }
+    }
+    let totals = stages::snapshot();
+    let of = |s: Stage| totals[ALL.iter().position(|&x| x == s).unwrap()];
+    if !stages::ENABLED {
+        assert!(totals.iter().all(|t| t.count == 0 && t.ticks == 0));
+        return;
+    }
+    for s in [
+        Stage::Loan,
+        Stage::Serialize,
+        Stage::Stamp,
+        Stage::Record,
+        Stage::Credit,
+        Stage::Write,
+        Stage::Account,
+        Stage::Poll,
+        Stage::Validate,
+        Stage::Copy,
+        Stage::Access,
+        Stage::Stats,
+    ] {
+        let t = of(s);
+        assert_eq!(
+            t.count,
+            n,
+            "{} ran {} times for {n} messages",
+            s.name(),
+            t.count
+        );
+        assert!(t.ticks > 0, "{} took no time", s.name());
+    }
+    // Credit goes back every quarter ring (16 slots): 1000 / 16 times, give or take the idle
+    // returns, which are counted apart.
+    assert_eq!(of(Stage::CreditReturn).count, n / 16);
+    assert!(stages::ticks_per_ns() > 0.0);
+}
