@@ -329,6 +329,7 @@ impl<T: Message> SubscriberBuilder<T> {
             id: c.welcome.subscriber_id,
             epoch: c.welcome.epoch,
             release_pending: false,
+            credit_due: None,
             held: None,
             access: self.access,
             copy,
@@ -449,6 +450,10 @@ pub struct Subscriber<T> {
     id: u32,
     epoch: u64,
     release_pending: bool,
+    /// A credit position due to be written back, from a message already handed out (`Copy`,
+    /// batched credit): written at the next poll, so that the write (a post and its doorbell
+    /// over verbs) is not on the path of the message that released the slot.
+    credit_due: Option<u64>,
     held: Option<SlotHeader>,
     access: Access,
     copy: CopyBuf,
@@ -583,6 +588,9 @@ impl<T: Message> Subscriber<T> {
         if self.down {
             return self.rejoin_step();
         }
+        if let Some(pos) = self.credit_due.take() {
+            stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
+        }
         if self.release_pending {
             self.release_pending = false;
             if let Some(pos) = self.credit.release() {
@@ -708,8 +716,15 @@ impl<T: Message> Subscriber<T> {
                 // the post is an FFI call the loads cannot move past, and this fence keeps
                 // weakly ordered CPUs from doing it).
                 fence(Ordering::Release);
+                // Where credit goes back in batches (rings of 8 slots or more), written at the
+                // next poll, after the caller had the message: the publisher's view already
+                // trails by up to a batch. A ring that returns every slot gets it now.
                 if let Some(pos) = self.credit.release() {
-                    stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
+                    if self.credit.threshold() > 1 {
+                        self.credit_due = Some(pos);
+                    } else {
+                        stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
+                    }
                 }
                 (self.copy.bytes(len), true)
             }
@@ -802,6 +817,7 @@ impl<T: Message> Subscriber<T> {
             r.go_down(std::time::Instant::now(), e.to_string(), self.epoch);
             self.down = true;
             self.release_pending = false;
+            self.credit_due = None;
             self.held = None;
             return Ok(None);
         }
@@ -891,6 +907,7 @@ impl<T: Message> Subscriber<T> {
         self.id = c.welcome.subscriber_id;
         self.epoch = c.welcome.epoch;
         self.release_pending = false;
+        self.credit_due = None;
         self.held = None;
         self.taken = 0;
         self.idle_polls = 0;
@@ -1027,6 +1044,46 @@ mod tests {
             dropped,
             rest,
         }
+    }
+
+    /// Copy mode, an 8-slot ring (credit every 2 releases): the credit a message released is
+    /// written at the next poll, after the caller had the message, not before it is handed
+    /// out; the publisher sees it then.
+    #[test]
+    fn batched_credit_goes_back_at_the_next_poll() {
+        let node = Node::builder().psk(psk()).start().unwrap();
+        let mut publisher = node
+            .publisher::<BookUpdate>("c")
+            .policy(Policy::Drop)
+            .build()
+            .unwrap();
+        let mut sub = Subscriber::<BookUpdate>::builder(node.local_addr(), "c")
+            .psk(psk())
+            .slots(8)
+            .connect()
+            .unwrap();
+        publisher
+            .wait_for_subscribers(1, Duration::from_secs(5))
+            .unwrap();
+        for i in 0..8 {
+            publisher.publish(&BookUpdate::synthetic(i)).unwrap();
+        }
+        for seq in 0..2 {
+            match sub.recv().unwrap() {
+                Event::Message(m) => assert_eq!(m.seq(), seq),
+                _ => panic!("a gap in a fresh ring"),
+            }
+        }
+        // Two released, their credit not yet written: the ring still looks full.
+        publisher.publish(&BookUpdate::synthetic(8)).unwrap();
+        assert_eq!(publisher.stats().subscribers[0].dropped, 1);
+        // The next poll writes it first; then there is room for two.
+        match sub.recv().unwrap() {
+            Event::Message(m) => assert_eq!(m.seq(), 2),
+            _ => panic!("a gap before the drop"),
+        }
+        publisher.publish(&BookUpdate::synthetic(9)).unwrap();
+        assert_eq!(publisher.stats().subscribers[0].dropped, 1);
     }
 
     #[test]

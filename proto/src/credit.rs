@@ -149,6 +149,11 @@ impl CreditReturner {
         self.consumed
     }
 
+    /// Releases between two write-backs.
+    pub fn threshold(&self) -> u64 {
+        self.threshold
+    }
+
     /// Last position written back.
     pub fn returned(&self) -> u64 {
         self.returned
