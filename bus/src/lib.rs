@@ -58,6 +58,8 @@ pub use reconnect::{Reconnect, SessionChange};
 /// messages from here, so that the versions always match.
 pub use rkyv;
 pub use stats::{LinkEnd, PublisherStats, SubscriberInfo, SubscriberStats};
-pub use subscriber::{Access, Event, HistoryRequest, Received, Subscriber, SubscriberBuilder};
+pub use subscriber::{
+    Access, Event, HistoryRequest, Received, Subscriber, SubscriberBuilder, DEFAULT_SLOTS,
+};
 pub use transport::Transport;
 pub use verbs_options::VerbsOptions;

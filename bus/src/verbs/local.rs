@@ -6,7 +6,7 @@ use super::cq::{empty_wc, status_text, Cq};
 use super::device::Choice;
 use super::mr::Mr;
 use super::pd::Pd;
-use super::qp::{Qp, QpCaps, Sge};
+use super::qp::{Qp, QpCaps, Sge, MAX_RECV_LIST};
 use crate::transport::LocalRing;
 use crate::Error;
 use rdma_sys::{ibv_access_flags as A, ibv_wc, ibv_wc_opcode, ibv_wc_status};
@@ -49,6 +49,12 @@ pub struct VerbsLocalRing {
     wc_len: usize,
     wc_pos: usize,
     send_wc: [ibv_wc; 8],
+    /// Receives consumed and not yet posted again: posted as one list when
+    /// [`MAX_RECV_LIST`] are held, and always before credit is written back (the publisher
+    /// may then write up to the returned position plus a ring, and each write consumes a
+    /// receive, so every receive for a slot released by that position must be posted).
+    recv_held: [u64; MAX_RECV_LIST],
+    recv_held_n: usize,
     sends_posted: u64,
     sends_done: u64,
     last_signaled: u64,
@@ -91,6 +97,8 @@ impl VerbsLocalRing {
             wc: std::array::from_fn(|_| empty_wc()),
             wc_len: 0,
             wc_pos: 0,
+            recv_held: [0; MAX_RECV_LIST],
+            recv_held_n: 0,
             send_wc: std::array::from_fn(|_| empty_wc()),
             sends_posted: 0,
             sends_done: 0,
@@ -125,6 +133,12 @@ impl VerbsLocalRing {
         }
         self.credit_target = Some((remote.addr, remote.rkey));
         Ok(())
+    }
+
+    /// Posts the receives held since the last list.
+    fn post_held_recvs(&mut self) -> Result<(), Error> {
+        let n = std::mem::take(&mut self.recv_held_n);
+        self.qp.post_recvs(&self.recv_held[..n])
     }
 
     fn reap_sends(&mut self) -> Result<(), Error> {
@@ -172,8 +186,11 @@ impl LocalRing for VerbsLocalRing {
         }
         // SAFETY: for RECV_RDMA_WITH_IMM completions the union holds the immediate.
         let imm = u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data });
-        let wr_id = wc.wr_id;
-        self.qp.post_recv(wr_id)?;
+        self.recv_held[self.recv_held_n] = wc.wr_id;
+        self.recv_held_n += 1;
+        if self.recv_held_n == MAX_RECV_LIST {
+            self.post_held_recvs()?;
+        }
         Ok(Some(imm))
     }
 
@@ -191,6 +208,8 @@ impl LocalRing for VerbsLocalRing {
         let Some((addr, rkey)) = self.credit_target else {
             return Ok(());
         };
+        // Every receive the returned slots consumed is posted again first (see `recv_held`).
+        self.post_held_recvs()?;
         let mut rounds = 0u32;
         let mut started = None;
         while self.sends_posted - self.sends_done >= SQ_DEPTH as u64 - 2 {

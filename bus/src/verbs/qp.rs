@@ -446,7 +446,43 @@ impl Qp {
         }
         Ok(())
     }
+
+    /// Posts one zero-length receive per id, as one chained list (one call, one lock in the
+    /// provider). At most [`MAX_RECV_LIST`] ids. Never allocates.
+    #[inline]
+    pub fn post_recvs(&mut self, wr_ids: &[u64]) -> Result<(), Error> {
+        let n = wr_ids.len().min(MAX_RECV_LIST);
+        if n == 0 {
+            return Ok(());
+        }
+        let mut wrs = [ibv_recv_wr {
+            wr_id: 0,
+            next: std::ptr::null_mut(),
+            sg_list: std::ptr::null_mut(),
+            num_sge: 0,
+        }; MAX_RECV_LIST];
+        for i in 0..n {
+            wrs[i].wr_id = wr_ids[i];
+        }
+        let base = wrs.as_mut_ptr();
+        for i in 0..n - 1 {
+            // SAFETY: i + 1 < n <= MAX_RECV_LIST: both are elements of `wrs`, which outlives
+            // the post below.
+            unsafe { (*base.add(i)).next = base.add(i + 1) };
+        }
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: qp is live; the list is `n` linked receives with no scatter entries, on our
+        // stack until the call returns (the provider copies work requests when posted).
+        let rc = unsafe { ibv_post_recv(self.qp, base, &mut bad) };
+        if rc != 0 {
+            return Err(errno_error("ibv_post_recv", rc));
+        }
+        Ok(())
+    }
 }
+
+/// Longest chain [`Qp::post_recvs`] posts at once.
+pub const MAX_RECV_LIST: usize = 16;
 
 impl Drop for Qp {
     fn drop(&mut self) {

@@ -25,6 +25,37 @@ pub struct CompareArgs {
     /// `ib_write_bw -q N` outputs named `bw-qN-SIZE.json` (or `.txt`) in the perftest folder.
     #[arg(long, value_name = "FILE")]
     pub scaling: Option<PathBuf>,
+    /// Compare at the same wire size: each bus size against perftest runs of the bytes its
+    /// message takes on the wire (slot header + archive, `rdmabus bench wire`), named
+    /// `lat-wBYTES` and `bw-wBYTES` in the perftest folder.
+    #[arg(long)]
+    pub wire: bool,
+}
+
+/// Bytes a bench message of `size` payload bytes takes on the wire: its slot header and its
+/// archive, as one RDMA write carries them.
+pub fn wire_size(size: usize) -> usize {
+    rdmabus::proto::slot::HEADER_LEN + rdmabus::proto::bench::BenchMsg::archived_len(size)
+}
+
+/// Arguments of `rdmabus bench wire`.
+#[derive(clap::Args, Debug)]
+pub struct WireArgs {
+    /// Payload sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub sizes: Vec<usize>,
+}
+
+/// Prints the wire size of each size, space-separated (for a script's perftest runs).
+pub fn run_wire(a: WireArgs) -> Result<(), Error> {
+    if a.sizes.iter().any(|&s| s > 64 * 1024) {
+        return Err(Error::Config(
+            "--sizes must name sizes from 0 to 65536 bytes".into(),
+        ));
+    }
+    let w: Vec<String> = a.sizes.iter().map(|&s| wire_size(s).to_string()).collect();
+    println!("{}", w.join(" "));
+    Ok(())
 }
 
 /// perftest's figure for one run, `results.KEY` of its `--out_json` report `STEM.json` if there
@@ -115,16 +146,27 @@ pub fn run(a: CompareArgs) -> Result<(), Error> {
             r["msgs_per_s"].as_f64().unwrap_or(0.0),
         );
     }
-    out.push("| size B | ib_write_lat t_typical us | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |".to_string());
-    out.push("|---:|---:|---:|---:|---:|---:|---:|".to_string());
+    if a.wire {
+        out.push("| size B | wire B | ib_write_lat t_typical us (wire B) | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s (wire B) | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |".to_string());
+        out.push("|---:|---:|---:|---:|---:|---:|---:|---:|".to_string());
+    } else {
+        out.push("| size B | ib_write_lat t_typical us | bus pingpong p50 us | latency ratio (bus ÷ raw) | ib_write_bw Mmsg/s | bus 1-sub Mmsg/s | rate ratio (bus ÷ raw) |".to_string());
+        out.push("|---:|---:|---:|---:|---:|---:|---:|".to_string());
+    }
     for (size, lat) in &bus_lat {
-        let raw_lat = perftest_figure(&a.perftest, &format!("lat-{size}"), *size, "t_typical")?;
-        let raw_bw = perftest_figure(&a.perftest, &format!("bw-{size}"), *size, "MsgRate")?;
+        let (raw_size, tag, col) = if a.wire {
+            let w = wire_size(*size as usize) as u64;
+            (w, format!("w{w}"), format!(" {w} |"))
+        } else {
+            (*size, size.to_string(), String::new())
+        };
+        let raw_lat = perftest_figure(&a.perftest, &format!("lat-{tag}"), raw_size, "t_typical")?;
+        let raw_bw = perftest_figure(&a.perftest, &format!("bw-{tag}"), raw_size, "MsgRate")?;
         let rate = bus_rate.get(size).copied();
         let f =
             |v: Option<f64>, d: usize| v.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "—".into());
         out.push(format!(
-            "| {size} | {} | {lat:.2} | {} | {} | {} | {} |",
+            "| {size} |{col} {} | {lat:.2} | {} | {} | {} | {} |",
             f(raw_lat, 2),
             f(raw_lat.map(|r| lat / r), 2),
             f(raw_bw, 4),

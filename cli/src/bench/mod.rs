@@ -30,6 +30,9 @@ pub enum Kind {
     Fanout(fanout::FanoutArgs),
     /// Print perftest's raw-verbs figures beside bench results, with ratios per size.
     Compare(compare::CompareArgs),
+    /// Print the bytes a bench message of each size takes on the wire (slot header and
+    /// archive), for perftest runs of the same wire size (`compare --wire`).
+    Wire(compare::WireArgs),
     /// The limit: one cache line handed between two pinned threads and back (one-way, half
     /// the round trip), the floor of any shared-memory hand-off between those CPUs.
     Limit(limit::LimitArgs),
@@ -129,6 +132,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
         Kind::Pingpong(p) => pingpong::run(p),
         Kind::Fanout(f) => fanout::run(f),
         Kind::Compare(c) => compare::run(c),
+        Kind::Wire(w) => compare::run_wire(w),
         Kind::Limit(l) => limit::run(l),
     }
 }

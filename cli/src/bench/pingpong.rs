@@ -25,6 +25,10 @@ pub struct PingpongArgs {
     /// (needs a build with the `stage-clock` feature).
     #[arg(long)]
     pub stages: bool,
+    /// Ring slots of both subscribers (the library's default; credit goes back every
+    /// quarter of it).
+    #[arg(long, default_value_t = rdmabus::DEFAULT_SLOTS, value_parser = crate::parse::slots)]
+    pub slots: u32,
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -67,6 +71,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
         .staging_slots(16)
         .build()?;
 
+    let slots = args.slots;
     let (addr_a, echo_common, echo_psk) = (node_a.local_addr(), c.clone(), psk.clone());
     let echo = std::thread::Builder::new()
         .name("bench-echo".into())
@@ -76,7 +81,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
                 .psk(echo_psk)
                 .transport(echo_common.transport)
                 .bind(ip_b)
-                .slots(64)
+                .slots(slots)
                 .idle(echo_common.idle)
                 .access(echo_common.access)
                 .connect()?;
@@ -98,7 +103,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
         .psk(psk)
         .transport(c.transport)
         .bind(ip_a)
-        .slots(64)
+        .slots(slots)
         .idle(c.idle)
         .access(c.access)
         .connect()?;
