@@ -28,6 +28,7 @@ pub mod clock;
 pub mod control;
 mod error;
 mod idle;
+pub mod numa;
 pub mod pages;
 mod policy;
 mod psk;

@@ -48,8 +48,18 @@ fn want() -> Result<Want, Error> {
 }
 
 /// Zeroed private memory of at least `len` bytes for `what` (a huge-page mapping is rounded
-/// up to whole 2 MiB pages; `len()` of the mapping says how much there is).
-pub fn alloc(len: usize, what: &str) -> Result<(MmapMut, Pages), Error> {
+/// up to whole 2 MiB pages; `len()` of the mapping says how much there is), placed on NUMA
+/// node `node` if given (preferred, set before any page is touched: see [`crate::numa`]).
+pub fn alloc(len: usize, what: &str, node: Option<u32>) -> Result<(MmapMut, Pages), Error> {
+    let (mut map, pages) = map(len, what)?;
+    if let Some(node) = node {
+        let len = map.len();
+        crate::numa::prefer(map.as_mut_ptr(), len, node, what)?;
+    }
+    Ok((map, pages))
+}
+
+fn map(len: usize, what: &str) -> Result<(MmapMut, Pages), Error> {
     let len = len.max(1);
     let want = want()?;
     if want != Want::Off {
@@ -92,7 +102,7 @@ mod tests {
     #[test]
     fn memory_is_zeroed_writable_and_at_least_as_long_as_asked() {
         for len in [1, 4096, 100_000, HUGE_PAGE + 1] {
-            let (mut map, pages) = alloc(len, "a test region").unwrap();
+            let (mut map, pages) = alloc(len, "a test region", None).unwrap();
             assert!(map.len() >= len);
             if pages == Pages::Huge {
                 assert_eq!(map.len() % HUGE_PAGE, 0);

@@ -161,7 +161,8 @@ impl<T: Message> PublisherBuilder<T> {
             })?;
         let staging = RingGeometry::new(staging_slots, slot_size)
             .map_err(|e| Error::Config(format!("staging ring (history {}): {e}", self.history)))?;
-        let (memory, pages) = crate::pages::alloc(staging.ring_bytes(), "the staging ring")?;
+        let node = crate::numa::choose(None)?;
+        let (memory, pages) = crate::pages::alloc(staging.ring_bytes(), "the staging ring", node)?;
         let staging_info = crate::transport::Staging {
             addr: memory.as_ptr() as usize,
             len: memory.len(),

@@ -2,7 +2,7 @@
 //! `rdmabus bench pingpong --stages`. Only with the `stage-clock` feature; without it every
 //! probe compiles to nothing and [`ENABLED`] is false.
 //!
-//! A probe reads the time-stamp counter before and after its stage and adds the difference to
+//! A probe reads [`crate::clock::ticks`] (the time-stamp counter on x86_64) before and after its stage and adds the difference to
 //! its thread's totals (relaxed loads and stores on lines only that thread writes); a
 //! snapshot sums every thread's. The totals are for a benchmark to read, not for production. A probe's own cost is measured by [`probe_cost_ticks`] and shown
 //! beside the figures, not subtracted from them.
@@ -142,12 +142,12 @@ mod imp {
 
     #[inline(always)]
     pub fn start() -> u64 {
-        crate::clock::rdtsc()
+        crate::clock::ticks()
     }
 
     #[inline(always)]
     pub fn end(stage: Stage, t0: u64) {
-        let dt = crate::clock::rdtsc().wrapping_sub(t0);
+        let dt = crate::clock::ticks().saturating_sub(t0);
         let b = block();
         let i = stage as usize;
         b.count[i].store(b.count[i].load(Relaxed) + 1, Relaxed);
@@ -232,8 +232,8 @@ pub fn ticks_per_ns() -> f64 {
 pub fn probe_cost_ticks() -> u64 {
     let mut v: Vec<u64> = (0..10_001)
         .map(|_| {
-            let t0 = crate::clock::rdtsc();
-            crate::clock::rdtsc().wrapping_sub(t0)
+            let t0 = crate::clock::ticks();
+            crate::clock::ticks().saturating_sub(t0)
         })
         .collect();
     v.sort_unstable();

@@ -36,8 +36,9 @@ pub const DEFAULT_SLOTS: u32 = 1024;
 pub enum Access {
     /// The default. Copies the payload (`len` bytes, at most the slot's payload capacity) out
     /// of the ring into a buffer the subscriber owns (allocated once at connect, 64-byte
-    /// aligned), releases the slot at once (the publisher may reuse it before the message is
-    /// even handed out), validates the copy with bytecheck and hands out references into the
+    /// aligned), releases the slot at once (its credit goes back to the publisher when due,
+    /// at the next poll on rings of 8 slots or more, at once on smaller ones), validates the
+    /// copy with bytecheck and hands out references into the
     /// copy. A message that is invalid, or was rewritten while it was copied, is refused as
     /// [`Error::Corrupt`](crate::Error::Corrupt); one that passes cannot change afterwards,
     /// whatever the publisher writes. The price is one copy of the payload per message.
@@ -543,8 +544,9 @@ impl<T: Message> Subscriber<T> {
     }
 
     /// One busy-poll step: the next event, or `None` if nothing arrived. Releases the slot of
-    /// the previous message ([`Access::Copy`] released it before handing the message out). After the publisher goes away, the messages already in the ring
-    /// are still delivered, then the error says how it ended.
+    /// the previous message ([`Access::Copy`] released it before handing the message out)
+    /// and writes back the credit due. After the publisher goes away, the messages already
+    /// in the ring are still delivered, then the error says how it ended.
     #[inline]
     pub fn poll(&mut self) -> Result<Option<Event<'_, T>>, Error> {
         match self.advance()? {

@@ -109,3 +109,53 @@ fn a_broken_report_is_a_clear_error_not_a_panic() {
     // No half table before the error.
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }
+
+/// `--wire` puts each bus size beside perftest runs of its wire size (`bench wire`): the
+/// 64 B row against `lat-w112.json`/`bw-w112.json`; a report of another size under that
+/// name is refused, a missing one is "—".
+#[test]
+fn wire_sizes_are_compared_at_the_bytes_on_the_wire() {
+    let wire = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+        .args(["bench", "wire", "--sizes", "64,1024"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout_ok(&wire).trim(), "112 1072");
+    let f = fixtures();
+    let run = |perftest: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+            .args(["bench", "compare", "--wire", "--perftest"])
+            .arg(f.join(perftest))
+            .arg("--pingpong")
+            .arg(f.join("bus/pingpong.json"))
+            .arg("--fanout")
+            .arg(f.join("bus/fanout-sizes.json"))
+            .output()
+            .unwrap()
+    };
+    let out = stdout_ok(&run("wire"));
+    // lat-w112.json: t_typical 11.99 us; bw-w112.json: MsgRate 0.048499 Mpps. Bus: p50
+    // 6001.876 us, 7446 msgs/s.
+    assert_eq!(
+        row(&out, &["64"]),
+        ["64", "112", "11.99", "6001.88", "500.57", "0.0485", "0.0074", "0.15"]
+    );
+    assert_eq!(
+        row(&out, &["1024"]),
+        ["1024", "1072", "—", "241.00", "—", "—", "0.0056", "—"]
+    );
+    // A 120 B report named for 112 B is an error, not a silent comparison.
+    let bad = tempdir_with("lat-w112.json", &f.join("wire/lat-w120.json"));
+    let out = run(bad.to_str().unwrap());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not 112 B"), "{err}");
+}
+
+/// A fresh folder holding a copy of `src` named `name`.
+fn tempdir_with(name: &str, src: &std::path::Path) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rdmabus-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src, dir.join(name)).unwrap();
+    dir
+}

@@ -26,6 +26,16 @@ impl BenchMsg {
     pub fn archived_len(size: usize) -> usize {
         size.div_ceil(8) * 8 + 24
     }
+
+    /// The exact size of the archive of [`of_size`](Self::of_size)`(size)`, as
+    /// [`encode_into`](crate::codec::encode_into) writes it (at most
+    /// [`archived_len`](Self::archived_len)).
+    pub fn encoded_len(size: usize) -> usize {
+        let mut buf = rkyv::util::AlignedVec::<16>::new();
+        buf.resize(Self::archived_len(size), 0);
+        crate::codec::encode_into(&Self::of_size(size), &mut buf)
+            .expect("archived_len is an upper bound")
+    }
 }
 
 #[cfg(test)]
@@ -42,6 +52,7 @@ mod tests {
             let m = BenchMsg::of_size(size);
             let n = encode_into(&m, &mut buf.0).unwrap();
             assert!(n <= BenchMsg::archived_len(size), "{size}: {n}");
+            assert_eq!(BenchMsg::encoded_len(size), n);
             let a = access::<BenchMsg>(&buf.0[..n]).unwrap();
             assert_eq!(a.payload.len(), size);
             assert_eq!(a.payload.as_slice(), &m.payload[..]);

@@ -15,6 +15,8 @@ pub struct Context {
     pub active_mtu: ibv_mtu::Type,
     /// What the device can hold (`ibv_query_device`).
     pub limits: DeviceLimits,
+    /// The NUMA node the device reports (sysfs), if any.
+    pub numa_node: Option<u32>,
 }
 
 /// The device limits a ring geometry must fit (from `ibv_query_device`).
@@ -77,6 +79,7 @@ impl Context {
                 max_cqe: dev.max_cqe.max(0) as u32,
                 max_mr_size: dev.max_mr_size,
             },
+            numa_node: crate::numa::device_node(name),
         };
         if rc != 0 {
             return Err(super::errno_error("ibv_query_port", rc));

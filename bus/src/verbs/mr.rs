@@ -26,7 +26,8 @@ impl Mr {
     pub fn alloc(pd: Arc<Pd>, len: usize, access: ibv_access_flags) -> Result<Self, Error> {
         // Small regions (a credit word, inline headers) would waste most of a 2 MiB page.
         let mut map = if len >= crate::pages::HUGE_PAGE / 4 {
-            crate::pages::alloc(len, "verbs memory region")?.0
+            let node = crate::numa::choose(pd.ctx.numa_node)?;
+            crate::pages::alloc(len, "verbs memory region", node)?.0
         } else {
             MmapMut::map_anon(len.max(1)).map_err(|e| Error::io("verbs: allocating memory", e))?
         };
@@ -50,7 +51,8 @@ impl Mr {
         len: usize,
         access: ibv_access_flags,
     ) -> Result<Self, Error> {
-        let (mut map, _pages) = crate::pages::alloc(len, "a verbs ring")?;
+        let node = crate::numa::choose(pd.ctx.numa_node)?;
+        let (mut map, _pages) = crate::pages::alloc(len, "a verbs ring", node)?;
         let addr = map.as_mut_ptr();
         // SAFETY: pd is alive (Arc); addr..addr+len is our own mapping, which the returned Mr
         // keeps (`map`) for as long as the registration lives.

@@ -35,7 +35,7 @@ pub struct CompareArgs {
 /// Bytes a bench message of `size` payload bytes takes on the wire: its slot header and its
 /// archive, as one RDMA write carries them.
 pub fn wire_size(size: usize) -> usize {
-    rdmabus::proto::slot::HEADER_LEN + rdmabus::proto::bench::BenchMsg::archived_len(size)
+    rdmabus::proto::slot::HEADER_LEN + rdmabus::proto::bench::BenchMsg::encoded_len(size)
 }
 
 /// Arguments of `rdmabus bench wire`.

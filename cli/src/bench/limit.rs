@@ -62,7 +62,7 @@ pub fn measure(c: &Common, warmup: u64, iters: u64) -> Result<Histogram<u64>, Er
                 while line.load(Ordering::Acquire) != ping + 1 {
                     std::hint::spin_loop();
                 }
-                let rtt = (rdmabus::clock::ticks().wrapping_sub(t0) as f64 / per_ns) as u64;
+                let rtt = (rdmabus::clock::ticks().saturating_sub(t0) as f64 / per_ns) as u64;
                 if i >= warmup {
                     let _ = h.record((rtt / 2).max(1));
                 }

@@ -25,10 +25,11 @@ pub struct PingpongArgs {
     /// (needs a build with the `stage-clock` feature).
     #[arg(long)]
     pub stages: bool,
-    /// Ring slots of both subscribers (the library's default; credit goes back every
-    /// quarter of it).
-    #[arg(long, default_value_t = rdmabus::DEFAULT_SLOTS, value_parser = crate::parse::slots)]
-    pub slots: u32,
+    /// Ring slots of both subscribers (credit goes back every quarter of them). Default: the
+    /// library's 1024, fewer (down to 64) where the largest size would make a ring of more
+    /// than 8 MiB (over verbs each ring is pinned memory, within the memlock limit).
+    #[arg(long, value_parser = crate::parse::slots)]
+    pub slots: Option<u32>,
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -71,7 +72,7 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
         .staging_slots(16)
         .build()?;
 
-    let slots = args.slots;
+    let slots = args.slots.unwrap_or_else(|| default_slots(max_payload));
     let (addr_a, echo_common, echo_psk) = (node_a.local_addr(), c.clone(), psk.clone());
     let echo = std::thread::Builder::new()
         .name("bench-echo".into())
@@ -128,9 +129,9 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
                 }
                 _ => return Err(Error::Protocol("gap in a Block ping-pong".into())),
             }
-            let rtt = (ticks().wrapping_sub(t0) as f64 / per_ns) as u64;
+            let rtt = (ticks().saturating_sub(t0) as f64 / per_ns) as u64;
             if i >= c.warmup {
-                measured += rtt;
+                measured = measured.saturating_add(rtt);
                 let _ = h.record((rtt / 2).max(1));
             }
         }
@@ -159,4 +160,29 @@ pub fn run(args: PingpongArgs) -> Result<(), Error> {
         super::stages::print(&breakdowns, &p50s);
     }
     Ok(())
+}
+
+/// Ring bytes the default `--slots` stays within.
+const DEFAULT_RING_BYTES: usize = 8 << 20;
+
+/// The library's default slots, halved until a ring of slots for `max_payload` fits in
+/// [`DEFAULT_RING_BYTES`], and never fewer than 64.
+fn default_slots(max_payload: usize) -> u32 {
+    let slot = (rdmabus::proto::slot::HEADER_LEN + max_payload).next_multiple_of(64);
+    let mut slots = rdmabus::DEFAULT_SLOTS;
+    while slots > 64 && slots as usize * slot > DEFAULT_RING_BYTES {
+        slots /= 2;
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_slots_keep_rings_small() {
+        assert_eq!(super::default_slots(64 + 64), 1024);
+        assert_eq!(super::default_slots(65_536 + 64), 64);
+        assert_eq!(super::default_slots(4096 + 64), 1024);
+        assert_eq!(super::default_slots(16_384 + 64), 256);
+    }
 }

@@ -105,7 +105,7 @@ pub fn check_stamps(r: &mut Report) {
         },
         if source.is_empty() { "unknown" } else { source },
     );
-    if !tsc && read_ns > 200 {
+    if !tsc && read_ns > 200 && cfg!(target_arch = "x86_64") {
         r.add(
             "clock.stamps",
             Verdict::Warn,

@@ -1,0 +1,201 @@
+//! NUMA placement of the bus's private memory (staging rings, verbs rings and the regions
+//! registered with a NIC). `RDMABUS_NUMA_NODE` chooses:
+//! - `auto` (the default): verbs memory on its RDMA device's node, where the machine has more
+//!   than one node and the device reports its own; nothing else is placed.
+//! - a node number: all of it on that node (it must be online).
+//! - `off`: none of it placed (the kernel's first-touch default).
+//!
+//! The policy is *preferred* (`MPOL_PREFERRED`): pages come from that node while it has
+//! memory, from another one otherwise, so placement never turns into a fault for want of
+//! memory there (a bound hugetlb mapping on an empty node would). It is set before the memory
+//! is first touched. The shared-memory rings a subscriber creates (memfds) are not placed
+//! here: they are allocated by the subscriber's own thread, on its node.
+
+use crate::Error;
+
+/// `get_mempolicy` flags (linux/mempolicy.h; libc does not export them): the node of the page
+/// at the address, and the policy of the address rather than the thread's.
+const MPOL_F_NODE: libc::c_ulong = 1 << 0;
+const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
+
+/// What `RDMABUS_NUMA_NODE` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    Auto,
+    Off,
+    Node(u32),
+}
+
+fn want() -> Result<Want, Error> {
+    match std::env::var("RDMABUS_NUMA_NODE")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") | Some("auto") => Ok(Want::Auto),
+        Some("off") => Ok(Want::Off),
+        Some(n) => match n.parse::<u32>() {
+            Ok(n) => Ok(Want::Node(n)),
+            Err(_) => Err(Error::Config(format!(
+                "RDMABUS_NUMA_NODE={:?}: use auto, off or a node number",
+                n.escape_debug().to_string()
+            ))),
+        },
+    }
+}
+
+/// The online NUMA nodes (`/sys/devices/system/node/online`, as "0-1,3"); `[0]` where the
+/// kernel does not say.
+pub fn online_nodes() -> Vec<u32> {
+    std::fs::read_to_string("/sys/devices/system/node/online")
+        .ok()
+        .and_then(|s| parse_node_list(s.trim()))
+        .unwrap_or_else(|| vec![0])
+}
+
+/// Parses a kernel node list ("0", "0-3", "0,2-3").
+fn parse_node_list(s: &str) -> Option<Vec<u32>> {
+    let mut nodes = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
+                if b < a || b - a > 4096 {
+                    return None;
+                }
+                nodes.extend(a..=b);
+            }
+            None => nodes.push(part.parse().ok()?),
+        }
+    }
+    (!nodes.is_empty()).then_some(nodes)
+}
+
+/// The NUMA node an RDMA device sits on (`/sys/class/infiniband/DEV/device/numa_node`), if it
+/// reports one (a VM's or a software device says -1 or has none).
+pub fn device_node(device: &str) -> Option<u32> {
+    let path = format!("/sys/class/infiniband/{device}/device/numa_node");
+    std::fs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()
+}
+
+/// The node `RDMABUS_NUMA_NODE` places memory on: the one asked for, or under `auto` the
+/// RDMA device's (`device_node`, `None` for memory no device uses), where there is more than
+/// one node. An asked-for node that is not online, or a value that is no node, is an error.
+pub fn choose(device_node: Option<u32>) -> Result<Option<u32>, Error> {
+    match want()? {
+        Want::Off => Ok(None),
+        Want::Node(n) => {
+            let online = online_nodes();
+            if online.contains(&n) {
+                Ok(Some(n))
+            } else {
+                Err(Error::Config(format!(
+                    "RDMABUS_NUMA_NODE={n}: no such node online (online: {})",
+                    online
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )))
+            }
+        }
+        Want::Auto => Ok(device_node.filter(|_| online_nodes().len() > 1)),
+    }
+}
+
+/// Asks the kernel to take the pages of `addr..addr + len` (a mapping of ours, not yet
+/// touched) from `node` while it has memory (`mbind`, `MPOL_PREFERRED`).
+pub(crate) fn prefer(addr: *mut u8, len: usize, node: u32, what: &str) -> Result<(), Error> {
+    const BITS: usize = u64::BITS as usize;
+    if node as usize >= 64 * BITS {
+        return Err(Error::Config(format!("NUMA node {node} is out of range")));
+    }
+    let mut mask = [0u64; 64];
+    mask[node as usize / BITS] |= 1 << (node as usize % BITS);
+    // SAFETY: mbind only changes the policy of pages of our own mapping `addr..addr + len`
+    // (page-aligned: it comes from mmap); `mask` is a live array of 64 * 64 bits, the maxnode
+    // given. No memory is written through `addr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr,
+            len,
+            libc::MPOL_PREFERRED,
+            mask.as_ptr(),
+            (64 * BITS) as libc::c_ulong,
+            0 as libc::c_uint,
+        )
+    };
+    if r != 0 {
+        return Err(Error::io(
+            format!("placing {what} on NUMA node {node} (mbind)"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    tracing::debug!(what, node, bytes = len, "memory placed on NUMA node");
+    Ok(())
+}
+
+/// The node the page holding address `addr` is on (`get_mempolicy` with `MPOL_F_NODE |
+/// MPOL_F_ADDR`; nothing is read at the address); `None` if the kernel does not say, or
+/// `addr` is not mapped. The page must have been touched.
+pub fn node_of(addr: usize) -> Option<u32> {
+    let mut node: libc::c_int = -1;
+    // SAFETY: get_mempolicy writes one int to `node` (a live local) and reads nothing of
+    // `addr` but its page's placement; no node mask is asked for (null, maxnode 0).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut node as *mut libc::c_int,
+            std::ptr::null_mut::<libc::c_ulong>(),
+            0 as libc::c_ulong,
+            addr,
+            MPOL_F_NODE | MPOL_F_ADDR,
+        )
+    };
+    (r == 0 && node >= 0).then_some(node as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The policy set is the one asked for, as the kernel reports it for the mapping.
+    #[test]
+    fn prefer_sets_a_preferred_policy_on_the_mapping() {
+        let mut map = memmap2::MmapMut::map_anon(8192).unwrap();
+        prefer(map.as_mut_ptr(), map.len(), 0, "a test mapping").unwrap();
+        map[0] = 1;
+        let (mut mode, mut mask) = (-1 as libc::c_int, [0u64; 16]);
+        // SAFETY: get_mempolicy writes the mode to `mode` and at most 1024 bits (16 words)
+        // to `mask`, both live locals; `map` is our live mapping, only its policy is read.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_mempolicy,
+                &mut mode as *mut libc::c_int,
+                mask.as_mut_ptr(),
+                1024 as libc::c_ulong,
+                map.as_ptr(),
+                MPOL_F_ADDR,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(mode, libc::MPOL_PREFERRED);
+        assert_eq!(mask[0], 1, "node 0 only");
+        assert_eq!(node_of(map.as_ptr() as usize), Some(0));
+    }
+
+    #[test]
+    fn node_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_node_list("0"), Some(vec![0]));
+        assert_eq!(parse_node_list("0-3"), Some(vec![0, 1, 2, 3]));
+        assert_eq!(parse_node_list("0,2-3"), Some(vec![0, 2, 3]));
+        assert_eq!(parse_node_list(""), None);
+        assert_eq!(parse_node_list("3-1"), None);
+        assert_eq!(parse_node_list("x"), None);
+    }
+}
