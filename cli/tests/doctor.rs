@@ -276,3 +276,41 @@ fn over_verbs_a_port_is_ok_with_a_roce_v2_gid() {
         "--device {device}: {ports:?}"
     );
 }
+
+/// `clock.stamps` says where publish stamps come from, following `RDMABUS_CLOCK`, and what a
+/// CLOCK_REALTIME read costs here.
+#[test]
+fn the_stamps_check_follows_rdmabus_clock() {
+    let stamps = |clock: &str| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+            .args(["doctor", "--json", "--transport", "shm"])
+            .env("RDMABUS_CLOCK", clock)
+            .env("RDMABUS_SHM_DIR", std::env::temp_dir())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "clock.stamps")
+            .cloned()
+            .expect("a clock.stamps check")
+    };
+    let realtime = stamps("realtime");
+    let detail = realtime["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("one CLOCK_REALTIME read per stamp"),
+        "{realtime}"
+    );
+    assert!(detail.contains("clock source") && detail.contains(" ns (mean of 1000)"));
+    if cfg!(target_arch = "x86_64") {
+        let tsc = stamps("tsc");
+        assert_eq!(tsc["verdict"], "ok", "{tsc}");
+        assert!(
+            tsc["detail"].as_str().unwrap().starts_with("from the TSC"),
+            "{tsc}"
+        );
+    }
+}
