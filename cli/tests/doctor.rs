@@ -314,3 +314,39 @@ fn the_stamps_check_follows_rdmabus_clock() {
         );
     }
 }
+
+/// `numa.placement` fails for a node that is not online (every publisher would refuse to
+/// start), and the status says so; under `auto` it is fine.
+#[test]
+fn an_offline_numa_node_is_a_failure() {
+    let run = |node: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+            .args(["doctor", "--json", "--transport", "shm"])
+            .env("RDMABUS_NUMA_NODE", node)
+            .env("RDMABUS_SHM_DIR", std::env::temp_dir())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "numa.placement")
+            .cloned()
+            .expect("a numa.placement check");
+        (c, out.status.code())
+    };
+    let (c, code) = run("4095");
+    assert_eq!(c["verdict"], "fail", "{c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no such node online"),
+        "{c}"
+    );
+    assert_eq!(code, Some(1));
+    let (c, _) = run("auto");
+    assert_eq!(c["verdict"], "ok", "{c}");
+}

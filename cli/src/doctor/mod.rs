@@ -135,6 +135,7 @@ pub fn run_checks(want: Want, device: Option<&str>) -> Report {
     cpu::pinning(&ctx, &mut r);
     clock::check(&mut r);
     clock::check_stamps(&mut r);
+    numa::placement(&ctx, &mut r);
     shm::check(&mut r);
     r
 }

@@ -71,3 +71,51 @@ pub fn check(ctx: &Ctx, r: &mut Report) {
         }
     }
 }
+
+/// Where `RDMABUS_NUMA_NODE` puts the bus's memory here: an asked-for node that is not online
+/// fails (every publisher and subscriber would refuse to start), otherwise it says per device
+/// which node its verbs memory goes to.
+pub fn placement(ctx: &Ctx, r: &mut Report) {
+    let what = "memory placement (RDMABUS_NUMA_NODE)";
+    let asked = std::env::var("RDMABUS_NUMA_NODE").unwrap_or_else(|_| "auto".into());
+    let online = rdmabus::numa::online_nodes();
+    let nodes = online
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Err(e) = rdmabus::numa::choose(None) {
+        return r.add(
+            "numa.placement",
+            Verdict::Fail,
+            what,
+            &e.to_string(),
+            Some("use auto, off or one of the online nodes"),
+        );
+    }
+    let per_device: Vec<String> = ctx
+        .devices
+        .iter()
+        .map(|d| {
+            let node = rdmabus::numa::device_node(&d.name);
+            match rdmabus::numa::choose(node) {
+                Ok(Some(n)) => format!("{}: node {n}", d.name),
+                _ => format!("{}: not placed (first touch)", d.name),
+            }
+        })
+        .collect();
+    let staging = match rdmabus::numa::choose(None) {
+        Ok(Some(n)) => format!("node {n}"),
+        _ => "not placed (first touch)".into(),
+    };
+    let detail = format!(
+        "{asked}; online nodes {nodes}; staging rings {staging}{}{}",
+        if per_device.is_empty() {
+            ""
+        } else {
+            "; verbs memory of "
+        },
+        per_device.join(", ")
+    );
+    r.add("numa.placement", Verdict::Ok, what, &detail, None);
+}
