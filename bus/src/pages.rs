@@ -48,13 +48,18 @@ fn want() -> Result<Want, Error> {
 }
 
 /// Zeroed private memory of at least `len` bytes for `what` (a huge-page mapping is rounded
-/// up to whole 2 MiB pages; `len()` of the mapping says how much there is), placed on NUMA
-/// node `node` if given (preferred, set before any page is touched: see [`crate::numa`]).
-pub fn alloc(len: usize, what: &str, node: Option<u32>) -> Result<(MmapMut, Pages), Error> {
+/// up to whole 2 MiB pages; `len()` of the mapping says how much there is), placed as
+/// `placement` says if given (preferred, set before any page is touched: see
+/// [`crate::numa`]).
+pub fn alloc(
+    len: usize,
+    what: &str,
+    placement: Option<crate::numa::Placement>,
+) -> Result<(MmapMut, Pages), Error> {
     let (mut map, pages) = map(len, what)?;
-    if let Some(node) = node {
+    if let Some(placement) = placement {
         let len = map.len();
-        crate::numa::prefer(map.as_mut_ptr(), len, node, what)?;
+        crate::numa::place(map.as_mut_ptr(), len, placement, what)?;
     }
     Ok((map, pages))
 }

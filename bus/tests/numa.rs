@@ -14,8 +14,12 @@ fn numa_node_is_honoured_or_refused_clearly() {
     assert!(online.contains(&0), "online nodes {online:?}");
 
     std::env::set_var("RDMABUS_NUMA_NODE", "0");
-    assert_eq!(numa::choose(None).unwrap(), Some(0));
-    let (mut map, _) = rdmabus::pages::alloc(1 << 16, "a test region", Some(0)).unwrap();
+    let zero = numa::Placement {
+        node: 0,
+        explicit: true,
+    };
+    assert_eq!(numa::choose(None).unwrap(), Some(zero));
+    let (mut map, _) = rdmabus::pages::alloc(1 << 16, "a test region", Some(zero)).unwrap();
     map[0] = 1;
     assert_eq!(numa::node_of(map.as_ptr() as usize), Some(0));
     node.publisher::<Quote>("numa.ok").build().unwrap();
@@ -39,7 +43,10 @@ fn numa_node_is_honoured_or_refused_clearly() {
 
     std::env::set_var("RDMABUS_NUMA_NODE", "auto");
     assert_eq!(numa::choose(None).unwrap(), None);
-    let expect = (online.len() > 1).then_some(0);
+    let expect = (online.len() > 1).then_some(numa::Placement {
+        node: 0,
+        explicit: false,
+    });
     assert_eq!(numa::choose(Some(0)).unwrap(), expect);
     std::env::set_var("RDMABUS_NUMA_NODE", "off");
     assert_eq!(numa::choose(Some(0)).unwrap(), None);

@@ -72,50 +72,73 @@ pub fn check(ctx: &Ctx, r: &mut Report) {
     }
 }
 
-/// Where `RDMABUS_NUMA_NODE` puts the bus's memory here: an asked-for node that is not online
-/// fails (every publisher and subscriber would refuse to start), otherwise it says per device
-/// which node its verbs memory goes to.
+/// Where `RDMABUS_NUMA_NODE` puts the bus's memory here, tried for real (`mbind` on a page
+/// of our own): an asked-for node that is not usable fails (publishers and verbs subscribers
+/// would refuse to start); under `auto`, a device's node the kernel refuses is a warning (the
+/// bus warns and leaves that memory unplaced).
 pub fn placement(ctx: &Ctx, r: &mut Report) {
     let what = "memory placement (RDMABUS_NUMA_NODE)";
     let asked = std::env::var("RDMABUS_NUMA_NODE").unwrap_or_else(|_| "auto".into());
-    let online = rdmabus::numa::online_nodes();
-    let nodes = online
+    let nodes = rdmabus::numa::online_nodes()
         .iter()
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    if let Err(e) = rdmabus::numa::choose(None) {
-        return r.add(
-            "numa.placement",
-            Verdict::Fail,
-            what,
-            &e.to_string(),
-            Some("use auto, off or one of the online nodes"),
-        );
-    }
+    let staging = match rdmabus::numa::choose(None) {
+        Err(e) => {
+            return r.add(
+                "numa.placement",
+                Verdict::Fail,
+                what,
+                &e.to_string(),
+                Some("use auto, off or a node that is online, has memory and is in this process's cpuset"),
+            )
+        }
+        Ok(p) => p,
+    };
+    let mut refused = Vec::new();
+    let mut try_place = |p: Option<rdmabus::numa::Placement>| -> String {
+        let Some(p) = p else {
+            return "not placed (first touch)".into();
+        };
+        match rdmabus::numa::try_prefer(p.node) {
+            Ok(()) => format!("node {}", p.node),
+            Err(e) => {
+                refused.push((p.explicit, e.to_string()));
+                format!("node {} REFUSED", p.node)
+            }
+        }
+    };
+    let staging = try_place(staging);
     let per_device: Vec<String> = ctx
         .devices
         .iter()
         .map(|d| {
-            let node = rdmabus::numa::device_node(&d.name);
-            match rdmabus::numa::choose(node) {
-                Ok(Some(n)) => format!("{}: node {n}", d.name),
-                _ => format!("{}: not placed (first touch)", d.name),
-            }
+            let p = rdmabus::numa::choose(rdmabus::numa::device_node(&d.name))
+                .ok()
+                .flatten();
+            format!("{}: {}", d.name, try_place(p))
         })
         .collect();
-    let staging = match rdmabus::numa::choose(None) {
-        Ok(Some(n)) => format!("node {n}"),
-        _ => "not placed (first touch)".into(),
-    };
     let detail = format!(
-        "{asked}; online nodes {nodes}; staging rings {staging}{}{}",
+        "{asked}; online nodes {nodes}; staging rings {staging}{}{}{}",
         if per_device.is_empty() {
             ""
         } else {
-            "; verbs memory of "
+            "; verbs rings of "
         },
-        per_device.join(", ")
+        per_device.join(", "),
+        refused
+            .first()
+            .map(|(_, e)| format!(" ({e})"))
+            .unwrap_or_default()
     );
-    r.add("numa.placement", Verdict::Ok, what, &detail, None);
+    let hint = "allow mbind (CAP_SYS_NICE under a container's seccomp profile, a cpuset that includes the node), or RDMABUS_NUMA_NODE=off";
+    if refused.iter().any(|(explicit, _)| *explicit) {
+        r.add("numa.placement", Verdict::Fail, what, &detail, Some(hint));
+    } else if !refused.is_empty() {
+        r.add("numa.placement", Verdict::Warn, what, &detail, Some(hint));
+    } else {
+        r.add("numa.placement", Verdict::Ok, what, &detail, None);
+    }
 }
