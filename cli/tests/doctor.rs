@@ -277,28 +277,31 @@ fn over_verbs_a_port_is_ok_with_a_roce_v2_gid() {
     );
 }
 
+/// `doctor --json --transport shm` with `var=value` set: the check `id` and the exit status.
+fn check_with(var: &str, value: &str, id: &str) -> (Value, Option<i32>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
+        .args(["doctor", "--json", "--transport", "shm"])
+        .env(var, value)
+        .env("RDMABUS_SHM_DIR", std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {id} check"));
+    (c, out.status.code())
+}
+
 /// `clock.stamps` says where publish stamps come from, following `RDMABUS_CLOCK`, and what a
 /// CLOCK_REALTIME read costs here.
 #[test]
 fn the_stamps_check_follows_rdmabus_clock() {
-    let stamps = |clock: &str| -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
-            .args(["doctor", "--json", "--transport", "shm"])
-            .env("RDMABUS_CLOCK", clock)
-            .env("RDMABUS_SHM_DIR", std::env::temp_dir())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        doc["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == "clock.stamps")
-            .cloned()
-            .expect("a clock.stamps check")
-    };
-    let realtime = stamps("realtime");
+    let (realtime, _) = check_with("RDMABUS_CLOCK", "realtime", "clock.stamps");
     let detail = realtime["detail"].as_str().unwrap();
     assert!(
         detail.contains("one CLOCK_REALTIME read per stamp"),
@@ -306,7 +309,7 @@ fn the_stamps_check_follows_rdmabus_clock() {
     );
     assert!(detail.contains("clock source") && detail.contains(" ns (mean of 1000)"));
     if cfg!(target_arch = "x86_64") {
-        let tsc = stamps("tsc");
+        let (tsc, _) = check_with("RDMABUS_CLOCK", "tsc", "clock.stamps");
         assert_eq!(tsc["verdict"], "ok", "{tsc}");
         assert!(
             tsc["detail"].as_str().unwrap().starts_with("from the TSC"),
@@ -319,25 +322,7 @@ fn the_stamps_check_follows_rdmabus_clock() {
 /// start), and the status says so; under `auto` it is fine.
 #[test]
 fn an_offline_numa_node_is_a_failure() {
-    let run = |node: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rdmabus"))
-            .args(["doctor", "--json", "--transport", "shm"])
-            .env("RDMABUS_NUMA_NODE", node)
-            .env("RDMABUS_SHM_DIR", std::env::temp_dir())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let c = doc["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == "numa.placement")
-            .cloned()
-            .expect("a numa.placement check");
-        (c, out.status.code())
-    };
-    let (c, code) = run("4095");
+    let (c, code) = check_with("RDMABUS_NUMA_NODE", "4095", "numa.placement");
     assert_eq!(c["verdict"], "fail", "{c}");
     assert!(
         c["detail"]
@@ -347,6 +332,6 @@ fn an_offline_numa_node_is_a_failure() {
         "{c}"
     );
     assert_eq!(code, Some(1));
-    let (c, _) = run("auto");
+    let (c, _) = check_with("RDMABUS_NUMA_NODE", "auto", "numa.placement");
     assert_eq!(c["verdict"], "ok", "{c}");
 }
