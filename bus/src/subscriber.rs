@@ -330,7 +330,6 @@ impl<T: Message> SubscriberBuilder<T> {
             id: c.welcome.subscriber_id,
             epoch: c.welcome.epoch,
             release_pending: false,
-            credit_due: None,
             held: None,
             access: self.access,
             copy,
@@ -451,10 +450,6 @@ pub struct Subscriber<T> {
     id: u32,
     epoch: u64,
     release_pending: bool,
-    /// A credit position due to be written back, from a message already handed out (`Copy`,
-    /// batched credit): written at the next poll, so that the write (a post and its doorbell
-    /// over verbs) is not on the path of the message that released the slot.
-    credit_due: Option<u64>,
     held: Option<SlotHeader>,
     access: Access,
     copy: CopyBuf,
@@ -590,9 +585,6 @@ impl<T: Message> Subscriber<T> {
         if self.down {
             return self.rejoin_step();
         }
-        if let Some(pos) = self.credit_due.take() {
-            stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
-        }
         if self.release_pending {
             self.release_pending = false;
             if let Some(pos) = self.credit.release() {
@@ -718,15 +710,14 @@ impl<T: Message> Subscriber<T> {
                 // the post is an FFI call the loads cannot move past, and this fence keeps
                 // weakly ordered CPUs from doing it).
                 fence(Ordering::Release);
-                // Where credit goes back in batches (rings of 8 slots or more), written at the
-                // next poll, after the caller had the message: the publisher's view already
-                // trails by up to a batch. A ring that returns every slot gets it now.
-                if let Some(pos) = self.credit.release() {
-                    if self.credit.threshold() > 1 {
-                        self.credit_due = Some(pos);
-                    } else {
-                        stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
-                    }
+                // Where credit goes back in batches (rings of 8 slots or more), the release is
+                // counted at the next poll, as in place, and any credit it makes due written
+                // then, after the caller had the message, off its path: the publisher's view
+                // already trails by up to a batch. A ring that returns every slot gets it now.
+                if self.credit.threshold() > 1 {
+                    self.release_pending = true;
+                } else if let Some(pos) = self.credit.release() {
+                    stage!(Stage::CreditReturn, self.local.return_credit(pos))?;
                 }
                 (self.copy.bytes(len), true)
             }
@@ -819,7 +810,6 @@ impl<T: Message> Subscriber<T> {
             r.go_down(std::time::Instant::now(), e.to_string(), self.epoch);
             self.down = true;
             self.release_pending = false;
-            self.credit_due = None;
             self.held = None;
             return Ok(None);
         }
@@ -909,7 +899,6 @@ impl<T: Message> Subscriber<T> {
         self.id = c.welcome.subscriber_id;
         self.epoch = c.welcome.epoch;
         self.release_pending = false;
-        self.credit_due = None;
         self.held = None;
         self.taken = 0;
         self.idle_polls = 0;

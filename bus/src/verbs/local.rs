@@ -128,8 +128,14 @@ impl VerbsLocalRing {
         self.qp.connect(remote)?;
         // Receives can be posted once the QP left RESET; the publisher writes nothing before
         // our ready heartbeat, which follows.
-        for i in 0..self.geometry.slots() {
-            self.qp.post_recv(i as u64)?;
+        let slots = u64::from(self.geometry.slots());
+        let mut ids = [0u64; MAX_RECV_LIST];
+        for first in (0..slots).step_by(MAX_RECV_LIST) {
+            let n = (slots - first).min(MAX_RECV_LIST as u64) as usize;
+            for (k, id) in ids[..n].iter_mut().enumerate() {
+                *id = first + k as u64;
+            }
+            self.qp.post_recvs(&ids[..n])?;
         }
         self.credit_target = Some((remote.addr, remote.rkey));
         Ok(())

@@ -429,26 +429,9 @@ impl Qp {
         Ok(())
     }
 
-    /// Posts a zero-length receive (consumed by one incoming WRITE_WITH_IMM). Never allocates.
-    #[inline]
-    pub fn post_recv(&mut self, wr_id: u64) -> Result<(), Error> {
-        let mut wr = ibv_recv_wr {
-            wr_id,
-            next: std::ptr::null_mut(),
-            sg_list: std::ptr::null_mut(),
-            num_sge: 0,
-        };
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: qp is live; a receive with no scatter entries needs no memory.
-        let rc = unsafe { ibv_post_recv(self.qp, &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err(errno_error("ibv_post_recv", rc));
-        }
-        Ok(())
-    }
-
-    /// Posts one zero-length receive per id, as one chained list (one call, one lock in the
-    /// provider). At most [`MAX_RECV_LIST`] ids. Never allocates.
+    /// Posts one zero-length receive (each consumed by one incoming WRITE_WITH_IMM) per id, as
+    /// one chained list (one call, one lock in the provider). At most [`MAX_RECV_LIST`] ids.
+    /// Never allocates.
     #[inline]
     pub fn post_recvs(&mut self, wr_ids: &[u64]) -> Result<(), Error> {
         let n = wr_ids.len().min(MAX_RECV_LIST);
