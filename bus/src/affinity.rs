@@ -91,6 +91,35 @@ pub fn ranges(cpus: &[usize]) -> String {
     }
 }
 
+/// A kernel CPU or node list (`0-3,8,10-11`, `0-7:2`) as numbers, sorted and unique; flags such as isolcpus'
+/// `domain,managed_irq,` are skipped. `None` when it does not parse.
+pub fn parse_list(s: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        if !part.starts_with(|c: char| c.is_ascii_digit()) {
+            continue; // a flag (isolcpus=nohz,domain,2-3) or "nohz_full=all"-like words
+        }
+        let (range, stride) = match part.split_once(':') {
+            Some((r, s)) => (r, s.split('/').next()?.parse::<usize>().ok()?),
+            None => (part, 1),
+        };
+        let (a, b) = match range.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let a = range.parse::<usize>().ok()?;
+                (a, a)
+            }
+        };
+        if b < a || b - a > 1 << 16 || stride == 0 {
+            return None;
+        }
+        out.extend((a..=b).step_by(stride));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
 /// CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: as above.
@@ -109,6 +138,16 @@ pub fn allowed_cpus() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_list("0-3,8,10-11"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
+        assert_eq!(parse_list("domain,managed_irq,2-3"), Some(vec![2, 3]));
+        assert_eq!(parse_list("0-7:2"), Some(vec![0, 2, 4, 6]));
+        assert_eq!(parse_list(""), Some(vec![]));
+        assert_eq!(parse_list("3-1"), None);
+        assert_eq!(parse_list("1-x"), None);
+    }
 
     #[test]
     fn a_cpu_that_does_not_exist_is_named_with_those_that_do() {

@@ -164,6 +164,15 @@ fn calibrated_mult() -> Option<u64> {
     })
 }
 
+/// The kernel's current clock source (`tsc`, `kvm-clock`, `hpet`...), empty where it does
+/// not say.
+pub fn clock_source() -> String {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// Whether the kernel trusts the TSC: x86_64, `constant_tsc` and `nonstop_tsc` in
 /// /proc/cpuinfo, and `tsc` as the current clock source; not with `RDMABUS_CLOCK=realtime`,
 /// always (on x86_64) with `RDMABUS_CLOCK=tsc`.
@@ -175,16 +184,14 @@ fn tsc_trusted() -> bool {
     if forced.as_deref() == Some("tsc") {
         return true;
     }
-    let source =
-        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .unwrap_or_default();
+    let source = clock_source();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = cpuinfo
         .lines()
         .find(|l| l.starts_with("flags"))
         .unwrap_or_default();
     let has = |f: &str| flags.split_whitespace().any(|w| w == f);
-    source.trim() == "tsc" && has("constant_tsc") && has("nonstop_tsc")
+    source == "tsc" && has("constant_tsc") && has("nonstop_tsc")
 }
 
 #[cfg(target_arch = "x86_64")]

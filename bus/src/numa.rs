@@ -2,9 +2,9 @@
 //! registered with a NIC). `RDMABUS_NUMA_NODE` chooses:
 //! - `auto` (the default): verbs rings (and other registered regions of 512 KiB or more) on
 //!   their RDMA device's node, where the machine has more than one node and the device
-//!   reports its own; nothing else is placed. Where the kernel refuses (a container's seccomp profile without `CAP_SYS_NICE`, a
-//!   cpuset that excludes the node), a warning says so and the memory stays where first touch
-//!   puts it.
+//!   reports its own; nothing else is placed. Where the kernel refuses (a container's seccomp
+//!   profile without `CAP_SYS_NICE`, a cpuset that excludes the node), a warning says so and
+//!   the memory stays where first touch puts it.
 //! - a node number: those and the staging rings on that node, which must be online, have
 //!   memory and be allowed to this process; a refusal is then an error.
 //! - `off`: none of it placed (the kernel's first-touch default).
@@ -80,22 +80,11 @@ fn allowed_nodes() -> Option<Vec<u32>> {
     parse_node_list(line.trim())
 }
 
-/// Parses a kernel node list ("0", "0-3", "0,2-3").
+/// Parses a kernel node list ("0", "0-3", "0,2-3"); `None` when it names no node.
 fn parse_node_list(s: &str) -> Option<Vec<u32>> {
-    let mut nodes = Vec::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
-                if b < a || b - a > 4096 {
-                    return None;
-                }
-                nodes.extend(a..=b);
-            }
-            None => nodes.push(part.parse().ok()?),
-        }
-    }
-    (!nodes.is_empty()).then_some(nodes)
+    crate::affinity::parse_list(s)
+        .filter(|v| !v.is_empty())
+        .and_then(|v| v.into_iter().map(|n| u32::try_from(n).ok()).collect())
 }
 
 /// The NUMA node an RDMA device sits on (`/sys/class/infiniband/DEV/device/numa_node`), if it

@@ -2,10 +2,11 @@
 //! `rdmabus bench pingpong --stages`. Only with the `stage-clock` feature; without it every
 //! probe compiles to nothing and [`ENABLED`] is false.
 //!
-//! A probe reads [`crate::clock::ticks`] (the time-stamp counter on x86_64) before and after its stage and adds the difference to
-//! its thread's totals (relaxed loads and stores on lines only that thread writes); a
-//! snapshot sums every thread's. The totals are for a benchmark to read, not for production. A probe's own cost is measured by [`probe_cost_ticks`] and shown
-//! beside the figures, not subtracted from them.
+//! A probe reads [`crate::clock::ticks`] (the time-stamp counter on x86_64) before and after
+//! its stage and adds the difference to its thread's totals (relaxed loads and stores on
+//! lines only that thread writes); a snapshot sums every thread's. The totals are for a
+//! benchmark to read, not for production; convert them with [`crate::clock::ticks_per_ns`].
+//! A probe's own cost is measured by [`probe_cost_ticks`]; the totals include it.
 
 /// Whether this build carries the probes (the `stage-clock` feature).
 pub const ENABLED: bool = cfg!(feature = "stage-clock");
@@ -221,11 +222,6 @@ pub fn snapshot() -> [StageTotal; ALL.len()] {
 pub fn reset() {
     #[cfg(feature = "stage-clock")]
     imp::reset()
-}
-
-/// Time-stamp counter ticks per nanosecond (see [`crate::clock::ticks_per_ns`]).
-pub fn ticks_per_ns() -> f64 {
-    crate::clock::ticks_per_ns()
 }
 
 /// What one empty probe costs, in ticks (the median of 10,001 back-to-back reads).

@@ -63,5 +63,5 @@ fn every_stage_of_a_message_is_counted_once_and_takes_time() {
         batch + idle >= (n - 15) / 16,
         "{batch} + {idle} returns for {n} messages"
     );
-    assert!(stages::ticks_per_ns() > 0.0);
+    assert!(rdmabus::clock::ticks_per_ns() > 0.0);
 }

@@ -72,11 +72,7 @@ pub struct Common {
 
 impl Common {
     fn check(&self) -> Result<(), Error> {
-        if self.sizes.is_empty() || self.sizes.iter().any(|&s| s > 64 * 1024) {
-            return Err(Error::Config(
-                "--sizes must name sizes from 0 to 65536 bytes".into(),
-            ));
-        }
+        check_sizes(&self.sizes)?;
         if self.iters == 0 {
             return Err(Error::Config("--iters must be at least 1".into()));
         }
@@ -124,6 +120,16 @@ impl Common {
             None => Ok(()),
         }
     }
+}
+
+/// Refuses an empty `--sizes` or a size over 64 KiB.
+fn check_sizes(sizes: &[usize]) -> Result<(), Error> {
+    if sizes.is_empty() || sizes.iter().any(|&s| s > 64 * 1024) {
+        return Err(Error::Config(
+            "--sizes must name sizes from 0 to 65536 bytes".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `rdmabus bench`.

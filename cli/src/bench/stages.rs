@@ -19,7 +19,7 @@ pub fn check_enabled() -> Result<(), Error> {
 /// Prints, per size, each stage's runs and nanoseconds per one-way message (`messages` of
 /// them), beside that size's one-way p50.
 pub fn print(breakdowns: &[(usize, [StageTotal; ALL.len()], u64)], p50s: &[u64]) {
-    let per_ns = stages::ticks_per_ns();
+    let per_ns = rdmabus::clock::ticks_per_ns();
     let probe = stages::probe_cost_ticks() as f64 / per_ns;
     println!();
     println!(

@@ -86,10 +86,7 @@ pub fn check(r: &mut Report) {
 /// what such a read costs here (on a VM with an emulated clock source, microseconds).
 pub fn check_stamps(r: &mut Report) {
     let what = "timestamps";
-    let source =
-        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .unwrap_or_default();
-    let source = source.trim();
+    let source = rdmabus::clock::clock_source();
     let tsc = rdmabus::clock::Stamper::new().uses_tsc();
     let t0 = std::time::Instant::now();
     for _ in 0..1000 {
@@ -103,7 +100,11 @@ pub fn check_stamps(r: &mut Report) {
         } else {
             "one CLOCK_REALTIME read per stamp (the TSC is not trusted here)"
         },
-        if source.is_empty() { "unknown" } else { source },
+        if source.is_empty() {
+            "unknown"
+        } else {
+            &source
+        },
     );
     if !tsc && read_ns > 200 && cfg!(target_arch = "x86_64") {
         r.add(

@@ -32,34 +32,8 @@ fn natural(s: &str) -> (String, u64) {
     (head.to_string(), tail.parse().unwrap_or(0))
 }
 
-/// A kernel CPU list (`0-3,8,10-11`, `0-7:2`) as CPU numbers; flags such as isolcpus'
-/// `domain,managed_irq,` are skipped. `None` when it does not parse.
-pub fn cpu_list(s: &str) -> Option<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        if !part.starts_with(|c: char| c.is_ascii_digit()) {
-            continue; // a flag (isolcpus=nohz,domain,2-3) or "nohz_full=all"-like words
-        }
-        let (range, stride) = match part.split_once(':') {
-            Some((r, s)) => (r, s.split('/').next()?.parse::<usize>().ok()?),
-            None => (part, 1),
-        };
-        let (a, b) = match range.split_once('-') {
-            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
-            None => {
-                let a = range.parse::<usize>().ok()?;
-                (a, a)
-            }
-        };
-        if b < a || b - a > 1 << 16 || stride == 0 {
-            return None;
-        }
-        out.extend((a..=b).step_by(stride));
-    }
-    out.sort_unstable();
-    out.dedup();
-    Some(out)
-}
+/// A kernel CPU list as CPU numbers (the library's parser, shared with its NUMA node lists).
+pub use rdmabus::affinity::parse_list as cpu_list;
 
 /// CPU numbers in kernel list form (`0-3,8`).
 pub fn cpu_ranges(cpus: &[usize]) -> String {
@@ -172,16 +146,6 @@ pub fn run_tool(tool: &str, args: &[&str]) -> Tool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_parse_as_the_kernel_writes_them() {
-        assert_eq!(cpu_list("0-3,8,10-11"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
-        assert_eq!(cpu_list("domain,managed_irq,2-3"), Some(vec![2, 3]));
-        assert_eq!(cpu_list("0-7:2"), Some(vec![0, 2, 4, 6]));
-        assert_eq!(cpu_list(""), Some(vec![]));
-        assert_eq!(cpu_list("3-1"), None);
-        assert_eq!(cpu_list("1-x"), None);
-    }
 
     #[test]
     fn the_last_cmdline_parameter_wins() {
